@@ -1,0 +1,101 @@
+"""One CoPD branch seen through verl's V1 trainer.
+
+A ``BranchTrainer`` is a verl ``PPOTrainerSync`` whose components (worker group, rollout servers,
+checkpoint engine, agent loop) are built by the CoPD driver and injected, so verl's own per-batch
+methods (``_next_train_batch``, ``_submit_batch_to_rollout``, ``_balance_batch``,
+``_compute_old_log_prob``, ``_update_actor``, ``_compute_metrics``, ``_validate``) run unchanged on
+this branch. The driver never calls its ``init()`` or ``fit()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torchdata.stateful_dataloader import StatefulDataLoader
+from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
+from verl.utils.dataset.rl_dataset import collate_fn
+
+from copd.config import BranchConfig
+
+
+def branch_config(base: DictConfig, spec: BranchConfig, model_path: str) -> DictConfig:
+    """The verl config of one branch: the shared config with this branch's data, model and names."""
+    cfg = copy.deepcopy(base)
+    with open_dict(cfg):
+        cfg.data.train_files = list(spec.train_files) or list(spec.val_files)
+        cfg.data.val_files = list(spec.val_files) or list(spec.train_files)
+        cfg.actor_rollout_ref.model.path = spec.init_path or model_path
+        cfg.trainer.experiment_name = f"{base.trainer.experiment_name}/branch_{spec.name}"
+    return cfg
+
+
+class BranchTrainer(PPOTrainerSync):
+    """verl's sync V1 trainer restricted to one branch; components are injected by the driver."""
+
+    def __init__(self, config: DictConfig, spec: BranchConfig):
+        super().__init__(config)
+        self.spec = spec
+        self.name = spec.name
+        self.has_data = bool(spec.train_files)
+        self.cross_streams: dict[str, PromptStream] = {}
+
+    def init_data(self, tokenizer, processor) -> None:
+        """Tokenizer and dataloaders (verl's own), for a branch that has data of its own."""
+        self.tokenizer, self.processor = tokenizer, processor
+        if self.has_data or self.spec.val_files:
+            self._init_dataloader()
+
+    def on_step_end(self):  # the driver syncs weights itself (see CoPDTrainer.step)
+        return
+
+    def on_sample_end(self):
+        return
+
+
+class PromptStream:
+    """An endless, resumable stream of prompt batches from a dataset (a cross batch's prompts).
+
+    Each student owns one stream per teacher, so cross sampling never disturbs the teacher's own
+    (native) dataloader position.
+    """
+
+    def __init__(self, files: list[str], data_config: DictConfig, tokenizer, processor, batch_size: int, seed: int):
+        dataset = create_rl_dataset(files, data_config, tokenizer, processor, is_train=True)
+        if len(dataset) < batch_size:
+            raise ValueError(f"cross dataset {files} has {len(dataset)} prompts, fewer than the batch {batch_size}")
+        sampler_cfg = OmegaConf.create({"shuffle": data_config.get("shuffle", True), "seed": seed})
+        self.loader = StatefulDataLoader(
+            dataset=dataset,
+            batch_size=batch_size,
+            num_workers=0,
+            drop_last=True,
+            collate_fn=collate_fn,
+            sampler=create_rl_sampler(sampler_cfg, dataset),
+        )
+        self._it = None
+
+    def next_batch(self, global_steps: int):
+        """The next batch as verl's ``_fetch_one_gen_batch`` builds it (fresh uids, global step)."""
+        try:
+            if self._it is None:
+                self._it = iter(self.loader)
+            batch_dict = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            batch_dict = next(self._it)
+        batch_dict["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(batch_dict["raw_prompt"]))], dtype=object)
+        batch = tu.get_tensordict(batch_dict)
+        tu.assign_non_tensor_data(batch, "global_steps", global_steps)
+        return batch
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+        self._it = None

@@ -1,0 +1,189 @@
+"""Hydra entry of the CoPD recipe: ``python -m recipe.copd.main [overrides]``.
+
+With no arguments it runs the embedded default on a CPU machine: it builds a two-skill toy task and a tiny
+Qwen3 (cached), trains two co-evolving branches through verl's workers, merges them, and prints a table of
+held-out accuracy per skill with plots of reward and overlap per step. The same trainer runs on GPUs
+with vLLM from a preset in ``configs/``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import hydra
+import ray
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import verl_patches
+from copd.config import CoPDConfig
+
+RECIPE_KEYS = ("run",)  # recipe-level settings under `copd:` that are not algorithm knobs
+
+
+def copd_config_from(config: DictConfig) -> CoPDConfig:
+    """The validated algorithm config from the hydra node ``copd`` (recipe keys removed)."""
+    node = OmegaConf.to_container(config.copd, resolve=True)
+    for key in RECIPE_KEYS:
+        node.pop(key, None)
+    return CoPDConfig.from_dict(node)
+
+
+def prepare_toy(config: DictConfig) -> dict:
+    """Build the embedded default's data and warm-started model (cached on disk); fill in the paths."""
+    from recipe.copd.toy.tasks import build_toy_data
+    from recipe.copd.toy.warmstart import warm_start
+
+    toy = config.copd.run.toy
+    workdir = os.path.abspath(toy.workdir)
+    t0 = time.time()
+    files = build_toy_data(os.path.join(workdir, "data"), n_train=toy.n_train, n_val=toy.n_val, n_test=toy.n_test)
+    model = warm_start(os.path.join(workdir, "model"), steps=toy.warm_start_steps)
+    print(f"[copd] toy task and warm-started model ready in {time.time() - t0:.1f}s ({workdir})", flush=True)
+    reward_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy", "reward.py")
+    with open_dict(config):
+        for branch in config.copd.branches:
+            skill = branch.name
+            if skill not in files:
+                raise ValueError(f"toy branch {skill!r} is not a toy skill: use names {sorted(files)}")
+            branch.train_files = [str(files[skill]["train"])]
+            branch.val_files = [str(files[skill]["val"])]
+            branch.reward_path = reward_path
+        config.actor_rollout_ref.model.path = str(model)
+    return files
+
+
+def apply_platform(config: DictConfig) -> None:
+    """On a machine without an accelerator: verl's CPU settings (patches + the overrides they need)."""
+    verl_patches.apply_all()
+    if not verl_patches.is_cpu():
+        return
+    n_workers = int(config.trainer.n_gpus_per_node)
+    with open_dict(config):
+        for override in verl_patches.cpu_overrides(n_workers):
+            key, value = override.lstrip("+").split("=", 1)
+            OmegaConf.update(config, key, _parse(value), force_add=True)
+
+
+def _parse(value: str):
+    import yaml
+
+    return yaml.safe_load(value)
+
+
+def route_rewards(config: DictConfig, copd: CoPDConfig) -> None:
+    """Point verl's reward loop at the per-branch router when any branch names its own reward."""
+    routes = {
+        b.data_source: {"path": os.path.abspath(b.reward_path), "name": b.reward_name}
+        for b in copd.branches
+        if b.reward_path and b.data_source
+    }
+    if not routes:
+        return
+    router = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reward.py")
+    with open_dict(config):
+        config.reward.custom_reward_function.path = router
+        config.reward.custom_reward_function.name = "compute_score"
+        config.reward.custom_reward_function.reward_kwargs = {"routes": routes}
+
+
+def check_inputs(config: DictConfig, copd: CoPDConfig) -> None:
+    """Fail fast, before Ray starts, on files that do not exist."""
+    for b in copd.branches:
+        for path in (*b.train_files, *b.val_files):
+            if not os.path.exists(path):
+                raise ValueError(f"branch {b.name}: data file not found: {path}")
+        if b.init_path and not os.path.isdir(b.init_path):
+            raise ValueError(f"branch {b.name}: init_path is not a folder: {b.init_path}")
+        if b.reward_path and not os.path.exists(b.reward_path):
+            raise ValueError(f"branch {b.name}: reward_path not found: {b.reward_path}")
+    model = config.actor_rollout_ref.model.path
+    if not os.path.isdir(model) and not any(b.init_path for b in copd.branches if not b.frozen):
+        if not str(model).count("/") == 1:  # a hub id "org/name" is left to transformers
+            raise ValueError(f"actor_rollout_ref.model.path is not a folder: {model}")
+
+
+@ray.remote(num_cpus=1)
+class CoPDTaskRunner:
+    """Runs the CoPD trainer inside the Ray job, like verl's TaskRunnerV1."""
+
+    def run(self, config: DictConfig, copd: CoPDConfig) -> dict:
+        import transfer_queue as tq
+        from verl.utils.logging_utils import configure_verl_logging
+
+        from recipe.copd.setup import build_agent_loops
+        from recipe.copd.trainer import CoPDTrainer
+
+        configure_verl_logging()
+        OmegaConf.resolve(config)
+        config.transfer_queue.enable = True
+        tq.init(config.transfer_queue)
+        trainer, ok = None, False
+        try:
+            trainer = CoPDTrainer(config, copd)
+            trainer.init()
+            result = trainer.fit(build_agent_loops(trainer))
+            ok = True
+            return result
+        finally:
+            tracking = getattr(trainer, "logger", None)
+            if tracking is not None:
+                tracking.finish(exit_code=0 if ok else 1)
+            tq.close()
+
+
+def run_copd(config: DictConfig, copd: CoPDConfig) -> dict:
+    """Start Ray (if needed) and train; returns the trainer's result (HF folders of branches, merged)."""
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    out = os.path.abspath(config.trainer.default_local_dir)
+    if config.trainer.resume_mode == "disable" and os.path.exists(os.path.join(out, "metrics.jsonl")):
+        os.remove(os.path.join(out, "metrics.jsonl"))
+    if not ray.is_initialized():
+        runtime_env = OmegaConf.to_container(OmegaConf.create(get_ppo_ray_runtime_env(config)))
+        runtime_env.setdefault("env_vars", {}).update(verl_patches.worker_env())
+        runtime_env["env_vars"]["TRANSFER_QUEUE_ENABLE"] = "1"
+        kwargs = OmegaConf.to_container(config.ray_kwargs.get("ray_init", {}), resolve=True)
+        kwargs.pop("runtime_env", None)
+        ray.init(runtime_env=runtime_env, **{k: v for k, v in kwargs.items() if v is not None})
+    runner = CoPDTaskRunner.remote()
+    return ray.get(runner.run.remote(config, copd))
+
+
+def prepare(config: DictConfig) -> tuple[CoPDConfig, dict | None]:
+    """Everything that can reject the input, before Ray or any model starts (the toy build is cached)."""
+    toy = config.copd.run.get("toy", {}).get("enable", False)
+    copd_config_from(config)  # validate the knobs before building anything
+    files = prepare_toy(config) if toy else None
+    copd = copd_config_from(config)
+    check_inputs(config, copd)
+    apply_platform(config)
+    route_rewards(config, copd)
+    with open_dict(config):
+        config.trainer.default_local_dir = os.path.abspath(config.trainer.default_local_dir)
+    return copd, files
+
+
+def main_with_config(config: DictConfig) -> dict:
+    t0 = time.time()
+    try:
+        copd, files = prepare(config)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one actionable line, no traceback
+        print(f"copd: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    result = run_copd(config, copd)
+    if files is not None:
+        from recipe.copd.report import toy_report
+
+        toy_report(config, copd, result, files, time.time() - t0)
+    return result
+
+
+@hydra.main(config_path="config", config_name="copd_trainer", version_base=None)
+def main(config: DictConfig) -> None:
+    main_with_config(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The embedded default's closing report: held-out accuracy per skill, and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from omegaconf import DictConfig
+
+from copd.config import CoPDConfig
+
+
+def toy_report(config: DictConfig, copd: CoPDConfig, result: dict, files: dict, seconds: float) -> dict:
+    """Evaluate base, each branch, the plain average (if the baseline ran) and the CoPD merge; print a table."""
+    from recipe.copd.plots import plot_training
+    from recipe.copd.toy.evaluate import evaluate_models, format_table
+
+    out = config.trainer.default_local_dir
+    models = {"base": config.actor_rollout_ref.model.path}
+    models.update({f"branch {name}": path for name, path in result["branches"].items()})
+    if result.get("baseline_average"):
+        models["plain average (no OPD)"] = result["baseline_average"]
+    models["CoPD merged"] = result["merged"]
+    tests = {skill: paths["test"] for skill, paths in files.items()}
+    table = evaluate_models(models, tests)
+    text = format_table(table)
+    phases = [tuple(p) for p in result.get("phases", [])]
+    pngs = plot_training(os.path.join(out, "metrics.jsonl"), out, phases=phases)
+    summary = {"accuracy": table, "wall_time_s": seconds, "plots": [str(p) for p in pngs], **result}
+    tmp = os.path.join(out, "summary.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    os.replace(tmp, os.path.join(out, "summary.json"))
+    print("\nHeld-out greedy accuracy per skill:\n" + text, flush=True)
+    print(f"\nmerged model: {result['merged']}\nmetrics: {os.path.join(out, 'metrics.jsonl')}")
+    print("plots: " + ", ".join(str(p) for p in pngs))
+    print(f"wall time: {seconds:.0f}s", flush=True)
+    return summary

@@ -1,0 +1,38 @@
+"""Per-branch verifiable rewards through verl's single reward loop, routed by ``data_source``.
+
+verl 0.9.1 has one reward function per job (``reward.custom_reward_function``). CoPD gives each branch
+its own reward r_k: the recipe points verl at this ``compute_score`` and passes, as reward kwargs, a
+table ``routes = {data_source: {"path": ..., "name": ...}}`` built from ``copd.branches``. Rows whose
+data source has no route use verl's ``default_compute_score``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import cache
+from typing import Any
+
+
+@cache
+def _load(path: str, name: str):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"reward function file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"copd_reward_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, name):
+        raise AttributeError(f"reward function {name!r} not found in {path}")
+    return getattr(module, name)
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, routes: dict | None = None, **kwargs: Any):
+    """verl's custom reward signature; dispatches on ``data_source`` through ``routes``."""
+    route = (routes or {}).get(data_source)
+    if route is None:
+        from verl.utils.reward_score import default_compute_score
+
+        return default_compute_score(data_source, solution_str, ground_truth, extra_info)
+    return _load(route["path"], route.get("name") or "compute_score")(
+        data_source, solution_str, ground_truth, extra_info
+    )

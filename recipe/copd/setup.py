@@ -1,0 +1,118 @@
+"""Build the K branches' verl components: worker groups, rollout servers, checkpoint engines, reward loop.
+
+Placement (``copd.placement``):
+- ``colocate`` (default): one resource pool; every branch's worker lives in the same process per device
+  (verl's ``create_colocated_worker_cls``), so branches share the devices. With FSDP param/optimizer
+  offload only the active branch holds device memory, and each branch's rollout servers sleep outside
+  its own rollout (the driver wakes them with fresh weights right before use).
+- ``split``: one resource pool per branch on disjoint devices (``trainer.n_gpus_per_node`` is divided
+  evenly among the branches).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+from verl.checkpoint_engine import CheckpointEngineManager
+from verl.experimental.reward_loop import RewardLoopManager
+from verl.single_controller.ray import RayClassWithInitArgs, RayWorkerGroup, ResourcePoolManager
+from verl.single_controller.ray.base import create_colocated_worker_cls
+from verl.trainer.ppo.utils import need_reference_policy
+from verl.utils.config import omega_conf_to_dataclass
+from verl.workers.rollout.llm_server import LLMServerManager
+
+from recipe.copd.worker import CoPDActorRolloutRefWorker
+
+logger = logging.getLogger(__name__)
+
+
+def _resource_pools(trainer) -> dict[str, object]:
+    """Branch name -> resource pool, per ``copd.placement``."""
+    cfg = trainer.config.trainer
+    names = list(trainer.branches)
+    if trainer.copd.placement == "colocate":
+        spec = {"copd_pool": [cfg.n_gpus_per_node] * cfg.nnodes}
+        mapping = {name: "copd_pool" for name in names}
+    else:
+        per_branch = cfg.n_gpus_per_node // len(names)
+        if per_branch < 1:
+            raise ValueError(
+                f"copd.placement=split needs trainer.n_gpus_per_node >= K={len(names)}, got {cfg.n_gpus_per_node}"
+            )
+        spec = {f"copd_pool_{name}": [per_branch] * cfg.nnodes for name in names}
+        mapping = {name: f"copd_pool_{name}" for name in names}
+    trainer.resource_pool_manager = ResourcePoolManager(resource_pool_spec=spec, mapping=mapping)
+    trainer.resource_pool_manager.create_resource_pool()
+    return {name: trainer.resource_pool_manager.get_resource_pool(name) for name in names}
+
+
+def _role(branch, config) -> str:
+    if branch.spec.frozen:
+        return "actor"  # a frozen teacher only scores: no rollout servers
+    return "actor_rollout_ref" if need_reference_policy(config) else "actor_rollout"
+
+
+def build_branch_components(trainer) -> None:
+    """Create and initialise every branch's worker group, servers and checkpoint engine (in place)."""
+    pools = _resource_pools(trainer)
+    by_pool: dict[object, dict[str, RayClassWithInitArgs]] = {}
+    for name, branch in trainer.branches.items():
+        cls = RayClassWithInitArgs(
+            cls=ray.remote(CoPDActorRolloutRefWorker),
+            config=branch.config.actor_rollout_ref,
+            role=_role(branch, trainer.config),
+        )
+        by_pool.setdefault(pools[name], {})[name] = cls
+    for pool, class_dict in by_pool.items():
+        group = RayWorkerGroup(
+            resource_pool=pool,
+            ray_cls_with_init=create_colocated_worker_cls(class_dict=class_dict),
+            device_name=trainer.config.trainer.device,
+        )
+        for name, wg in group.spawn(prefix_set=class_dict.keys()).items():
+            trainer.branches[name].actor_rollout_wg = wg
+    for branch in trainer.branches.values():
+        branch.actor_rollout_wg.init_model()
+        branch.ref_in_actor = True
+        branch.ref_policy_wg = branch.actor_rollout_wg
+
+    # one reward loop for every branch: its workers have fixed names, and rewards route by data_source
+    trainer.reward_loop_manager = RewardLoopManager(config=trainer.config, rm_resource_pool=None)
+    trainer.teacher_model_manager = None
+    for name, branch in trainer.branches.items():
+        branch.reward_loop_manager = trainer.reward_loop_manager
+        branch.replay_buffer = trainer.replay_buffer
+        branch.resource_pool_manager = trainer.resource_pool_manager
+        branch.teacher_model_manager = None
+        branch.distillation_config = None
+        branch.checkpoint_manager = None
+        if branch.spec.frozen:
+            continue
+        branch.llm_server_manager = LLMServerManager.create(
+            config=branch.config, worker_group=branch.actor_rollout_wg, rollout_resource_pool=pools[name]
+        )
+        engine_cfg = omega_conf_to_dataclass(branch.config.actor_rollout_ref.rollout.checkpoint_engine)
+        engine_cfg.backend = "naive"  # as verl's V1 trainer does
+        branch.checkpoint_manager = CheckpointEngineManager(
+            config=engine_cfg, actor_wg=branch.actor_rollout_wg, replicas=branch.llm_server_manager.get_replicas()
+        )
+        branch.checkpoint_manager.sleep_replicas()
+        logger.info("branch %s: worker group, %d rollout replicas", name, len(branch.llm_server_manager.get_replicas()))
+
+
+def build_agent_loops(trainer) -> dict:
+    """One verl agent loop manager per trainable branch, all sharing the reward loop workers."""
+    from verl.trainer.ppo.v1 import AgentLoopManagerTQ
+
+    managers = {}
+    for name, branch in trainer.branches.items():
+        if branch.spec.frozen:
+            continue
+        managers[name] = AgentLoopManagerTQ.create(
+            config=branch.config,
+            llm_client=branch.llm_server_manager.get_client(),
+            teacher_client=None,
+            reward_loop_worker_handles=trainer.reward_loop_manager.reward_loop_worker_handles,
+        )
+    return managers

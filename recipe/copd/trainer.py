@@ -1,0 +1,372 @@
+"""The CoPD driver on verl's V1 trainer (Algorithm 1 of the paper).
+
+How CoPD differs from GRPO and from plain on-policy distillation:
+- GRPO trains one policy on one reward. CoPD trains K branches in parallel, each on its own data and
+  reward (Phase I, S_RL steps), then, for S_OPD steps (Phase II), each branch also samples on a teacher
+  branch's prompts and gets the token advantage beta_k * (log pi_j - log pi_k) (Eq. 8) on those cross
+  rows, in the same update as its native GRPO rows. Cycles repeat N times; the branches are merged.
+- Plain OPD distils a frozen, converged teacher. In CoPD the teacher is another branch with its
+  current weights: teachers and students co-evolve, which keeps their top-k overlap high.
+
+The driver reuses verl's ``fit()`` loop; it overrides ``_setup`` (K worker groups, K rollout server
+sets, one shared reward loop), ``step`` (the phases), checkpointing, validation and metrics. Each
+branch is a ``BranchTrainer`` (verl's sync trainer with injected components), so the per-batch work is
+verl's own code. Advantages are computed only by ``copd.advantages.CoPDAdvantageEstimator``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+import transfer_queue as tq
+from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.debug import marked_timer
+from verl.workers.utils.padding import response_from_nested, response_to_nested
+
+from copd.advantages import CoPDAdvantageEstimator, teacher_looks_uniform
+from copd.config import CoPDConfig
+from copd.schedule import Phase, PhaseSchedule
+from recipe.copd import checkpoint as ckpt
+from recipe.copd.branch import BranchTrainer, PromptStream, branch_config
+from recipe.copd.setup import build_branch_components
+from recipe.copd.worker import PROBE_KEY, TOPK_KEY
+
+logger = logging.getLogger(__name__)
+
+
+class CoPDTrainer(PPOTrainerSync):
+    """K co-evolving branches, one verl job. See the module docstring."""
+
+    def __init__(self, config: DictConfig, copd_config: CoPDConfig):
+        super().__init__(config)
+        self.copd = copd_config
+        self.schedule = PhaseSchedule(
+            n_cycles=copd_config.n_cycles,
+            s_rl=copd_config.s_rl,
+            s_opd=copd_config.s_opd,
+            mode=copd_config.schedule_mode,
+            overlap_threshold=copd_config.overlap_threshold,
+            max_s_rl=copd_config.max_s_rl,
+        )
+        self.estimator = CoPDAdvantageEstimator(
+            beta={b.name: b.beta for b in copd_config.branches},
+            delta_clamp=copd_config.delta_clamp,
+            weighting=copd_config.weighting,
+            norm_adv_by_std_in_grpo=config.algorithm.get("norm_adv_by_std_in_grpo", True),
+            cross_reward=copd_config.cross_reward,
+        )
+        model_path = config.actor_rollout_ref.model.path
+        self.branches: dict[str, BranchTrainer] = {
+            spec.name: BranchTrainer(branch_config(config, spec, model_path), spec) for spec in copd_config.branches
+        }
+        self.pairs = list(copd_config.pairs)
+        self.teachers = {name: [t for s, t in self.pairs if s == name] for name in self.branches}
+        self.out_dir = config.trainer.default_local_dir
+        self.metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
+        self._last_batches: dict[str, KVBatchMeta] = {}
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self):
+        self._init_tokenizer()
+        self.cross_batch_size = int(self.config.copd.run.get("cross_batch_size") or self.config.data.train_batch_size)
+        for branch in self.branches.values():
+            branch.init_data(self.tokenizer, self.processor)
+        for student, teacher in self.pairs:  # one prompt stream of the teacher's data per (student, teacher)
+            spec = self.branches[teacher].spec
+            seed = int(self.config.data.get("seed") or 1) + 7919 * (1 + list(self.branches).index(student))
+            self.branches[student].cross_streams[teacher] = PromptStream(
+                list(spec.train_files), self.config.data, self.tokenizer, self.processor, self.cross_batch_size, seed
+            )
+        self.total_training_steps = self.schedule.total_steps
+        self.steps_per_epoch = max(1, self.total_training_steps)
+        build_branch_components(self)  # worker groups, rollout servers, checkpoint engines, reward loop
+        self.vocab_size = len(self.tokenizer)
+        self._load_checkpoint()
+
+    def on_init_end(self):
+        return  # weights reach each branch's servers right before its rollout (see _rollout)
+
+    def on_sample_end(self):
+        return
+
+    def on_step_end(self):
+        return
+
+    @property
+    def trainable(self) -> list[BranchTrainer]:
+        return [b for b in self.branches.values() if not b.spec.frozen]
+
+    def fit(self, agent_loop_managers: dict):
+        """verl's ``fit`` loop, then the HF export and the merge of the branches."""
+        for name, manager in agent_loop_managers.items():
+            self.branches[name].agent_loop_manager = manager
+        self.agent_loop_manager = next(iter(agent_loop_managers.values()))
+        super().fit(self.agent_loop_manager)
+        return self.finish()
+
+    # ------------------------------------------------------------------ one step (Algorithm 1)
+    def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
+        pos = self.schedule.current()
+        opd = pos.phase == Phase.OPD
+        probe = opd or (self.copd.metrics_interval > 0 and pos.step_in_phase % self.copd.metrics_interval == 0)
+        probe = probe or (self.copd.schedule_mode == "adaptive" and not opd)
+        t0 = time.time()
+        rollouts = {}
+        for b in self.trainable:  # 1. rollout: native batch (+ one cross batch per teacher in Phase II)
+            with marked_timer("gen", timing_raw, color="red"):
+                rollouts[b.name] = self._rollout(b, opd)
+        for b in self.trainable:  # 2. student log-probs (and top-k probe), on the student's own actor
+            with marked_timer("old_log_prob", timing_raw, color="blue"):
+                self._student_log_probs(b, rollouts[b.name], probe, metrics)
+        overlaps = {}
+        for b in self.trainable:  # 3. teachers score the students' tokens; all before any update
+            with marked_timer("teacher_log_prob", timing_raw, color="olive"):
+                overlaps.update(self._teacher_log_probs(b, rollouts[b.name], opd, probe, metrics))
+        for b in self.trainable:  # 4. advantages (GRPO + beta*delta), 5. one combined update
+            with marked_timer("adv", timing_raw, color="brown"):
+                self._advantages(b, rollouts[b.name], metrics)
+            with marked_timer("update_actor", timing_raw, color="red"):
+                m = {}
+                b._update_actor(rollouts[b.name]["batch"], metrics=m)
+                metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
+        self._last_batches = {name: r["batch"] for name, r in rollouts.items()}
+        mean_overlap = float(np.mean(list(overlaps.values()))) if overlaps else None
+        self.schedule.advance(overlap=mean_overlap if not opd else None)
+        self.total_training_steps = self.global_steps + self.schedule.remaining_steps  # adaptive may end early
+        metrics.update(
+            {"copd/phase": pos.phase.value, "copd/cycle": pos.cycle, "copd/step_in_phase": pos.step_in_phase}
+        )
+        self._progress_line(pos, metrics, overlaps, time.time() - t0)
+        keys = [k for r in rollouts.values() for k in r["batch"].keys]
+        tags = [t for r in rollouts.values() for t in r["batch"].tags]
+        return KVBatchMeta(partition_id="train", keys=keys, tags=tags)
+
+    def _rollout(self, b: BranchTrainer, opd: bool) -> dict:
+        """Generate the branch's native batch and its cross batches with the branch's current weights."""
+        b.checkpoint_manager.update_weights(self.global_steps)  # wake the branch's servers with its weights
+        parts, cross_uids = [], {}
+        if b.has_data:
+            parts.append(b._next_train_batch())
+        if opd:
+            for teacher in self.teachers[b.name]:
+                batch = b.cross_streams[teacher].next_batch(self.global_steps)
+                cross_uids[teacher] = set(batch["uid"])
+                parts.append(batch)
+        if not parts:
+            raise RuntimeError(f"branch {b.name} has neither data nor a teacher in this phase: nothing to train on")
+        n_prompts = 0
+        for part in parts:  # all prompts of this branch go to its agent loop at once (one batched rollout)
+            n_prompts += b._submit_batch_to_rollout(part)
+        batch, off_policy = self.replay_buffer.sample(self.global_steps, partition_id="train", batch_size=n_prompts)
+        b.checkpoint_manager.sleep_replicas()  # free the rollout's memory for the next branch / training
+        batch.extra_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
+        batch = b._balance_batch(batch, metrics={})
+        teacher_of_key = {}
+        for key in batch.keys:
+            uid = key.split("_")[0]
+            teacher_of_key[key] = next((t for t, uids in cross_uids.items() if uid in uids), None)
+        return {"batch": batch, "teacher_of_key": teacher_of_key}
+
+    def _student_log_probs(self, b: BranchTrainer, rollout: dict, probe: bool, metrics: dict) -> None:
+        batch = rollout["batch"]
+        if probe:
+            batch.extra_info.update({PROBE_KEY: "student", TOPK_KEY: self.copd.overlap_k})
+        m = {}
+        b._compute_old_log_prob(batch, metrics=m)  # verl's own: writes old_log_probs and entropy
+        for key in (PROBE_KEY, TOPK_KEY):
+            batch.extra_info.pop(key, None)
+        metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
+
+    def _teacher_log_probs(self, b: BranchTrainer, rollout: dict, opd: bool, probe: bool, metrics: dict) -> dict:
+        """Each teacher scores the student's sequences (temperature 1, training engine)."""
+        batch, overlaps = rollout["batch"], {}
+        for teacher in self.teachers[b.name]:
+            if opd:
+                keys = [k for k in batch.keys if rollout["teacher_of_key"][k] == teacher]
+            elif probe:  # Phase I: the probe runs on the student's own trajectories
+                keys = [k for k in batch.keys if rollout["teacher_of_key"][k] is None]
+            else:
+                continue
+            if not keys:
+                continue
+            sub = _sub_batch(batch, keys)
+            sub.extra_info.update({"calculate_entropy": False, "compute_loss": False, "temperature": 1.0})
+            if probe:
+                sub.extra_info.update({PROBE_KEY: "teacher", TOPK_KEY: self.copd.overlap_k})
+            self.branches[teacher].actor_rollout_wg.compute_log_prob(sub)
+            fields = ["log_probs", "response_mask"] + (["copd_overlap", "copd_topk_skl"] if probe else [])
+            data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
+            mask = data["response_mask"]
+            teacher_lp = response_from_nested(data["log_probs"], mask)
+            if opd:
+                self._guard_teacher(teacher, teacher_lp, mask)
+                tq.kv_batch_put(
+                    keys=keys,
+                    partition_id="train",
+                    fields=TensorDict({"teacher_log_probs": teacher_lp}, batch_size=len(keys)),
+                )
+            tag = f"{b.name}<-{teacher}"
+            if probe:
+                overlap = _masked_mean(response_from_nested(data["copd_overlap"], mask), mask)
+                overlaps[tag] = overlap
+                metrics[f"copd/overlap/{tag}"] = overlap
+                metrics[f"copd/topk_sym_kl/{tag}"] = _masked_mean(
+                    response_from_nested(data["copd_topk_skl"], mask), mask
+                )
+                old = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["old_log_probs"])["old_log_probs"]
+                metrics[f"copd/sym_kl/{tag}"] = _sampled_sym_kl(old, teacher_lp, mask)
+        return overlaps
+
+    def _guard_teacher(self, teacher: str, teacher_lp, mask) -> None:
+        """Stop on a broken teacher: NaN scores, or log(1/V) on every token (weights not restored)."""
+        if not self.copd.teacher_guard:
+            return
+        lp = teacher_lp.to_padded_tensor(0.0) if teacher_lp.is_nested else teacher_lp
+        m = mask.to_padded_tensor(0) if mask.is_nested else mask
+        if torch.isnan(lp[m.bool()]).any():
+            raise RuntimeError(f"teacher branch {teacher} returned NaN log-probs: its weights are broken; stopping")
+        if teacher_looks_uniform(lp, m, self.vocab_size, tol=self.copd.uniform_guard_tol):
+            raise RuntimeError(
+                f"teacher branch {teacher} scores every token at log(1/V): its weights look unloaded "
+                "(woken without weights?); stopping before it collapses the student"
+            )
+
+    def _advantages(self, b: BranchTrainer, rollout: dict, metrics: dict) -> None:
+        """CoPDAdvantageEstimator on the union batch: the single place advantages are computed."""
+        batch = rollout["batch"]
+        fields = ["uid", "response_mask", "rm_scores", "old_log_probs"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=fields)
+        nested_mask = data["response_mask"]
+        mask = nested_mask.to_padded_tensor(0)
+        rewards = data["rm_scores"].to_padded_tensor(0.0)
+        old = data["old_log_probs"].to_padded_tensor(0.0)
+        uid = np.array(data["uid"].tolist(), dtype=object)
+        teachers = [rollout["teacher_of_key"][k] for k in batch.keys]
+        cross = torch.tensor([t is not None for t in teachers])
+        teacher_lp = torch.zeros_like(old)
+        if cross.any():
+            cross_keys = [k for k, t in zip(batch.keys, teachers, strict=True) if t is not None]
+            got = tq.kv_batch_get(keys=cross_keys, partition_id="train", select_fields=["teacher_log_probs"])
+            teacher_lp[cross] = got["teacher_log_probs"].to_padded_tensor(
+                0.0, output_size=(len(cross_keys), old.shape[1])
+            )
+        order = {t: i + 1 for i, t in enumerate(self.teachers[b.name])}
+        subbatch = torch.tensor([order.get(t, 0) for t in teachers])
+        adv, ret, m = self.estimator(
+            token_level_rewards=rewards, response_mask=mask, index=uid, old_log_probs=old,
+            teacher_log_probs=teacher_lp, cross_mask=cross, student=b.name, subbatch_ids=subbatch,
+        )  # fmt: skip
+        out = {"advantages": response_to_nested(adv, nested_mask), "returns": response_to_nested(ret, nested_mask)}
+        tq.kv_batch_put(keys=batch.keys, partition_id="train", fields=TensorDict(out, batch_size=len(batch)))
+        metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
+
+    # ------------------------------------------------------------------ metrics, validation, checkpoints
+    def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        for name, sub in self._last_batches.items():
+            m = {}
+            self.branches[name]._compute_metrics(sub, m, timing_raw, global_steps=global_steps, epoch=epoch)
+            metrics.update({f"branch_{name}/{k}": v for k, v in m.items() if not k.startswith("training/")})
+        metrics.update({"training/global_step": global_steps, "training/epoch": epoch})
+        metrics.update({f"timing_s/{k}": v for k, v in timing_raw.items()})
+        self._append_metrics(global_steps, metrics)
+
+    def _append_metrics(self, step: int, metrics: dict) -> None:
+        os.makedirs(self.out_dir, exist_ok=True)
+        row = {"step": step}
+        for k, v in metrics.items():
+            if isinstance(v, (int, float, np.floating, np.integer, str)):
+                row[k] = v.item() if isinstance(v, (np.floating, np.integer)) else v
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _validate(self) -> dict:
+        out = {}
+        for b in self.branches.values():
+            if b.spec.frozen or not b.spec.val_files:
+                continue
+            b.checkpoint_manager.update_weights(self.global_steps)
+            b.global_steps = self.global_steps
+            b.replay_buffer = self.replay_buffer
+            out.update({f"branch_{b.name}/{k}": v for k, v in b._validate().items()})
+            b.checkpoint_manager.sleep_replicas()
+        return out
+
+    def _save_checkpoint(self):
+        ckpt.save(self)
+
+    def _load_checkpoint(self):
+        ckpt.load(self)
+
+    def _progress_line(self, pos, metrics: dict, overlaps: dict, seconds: float) -> None:
+        parts = [
+            f"[copd] step {self.global_steps}/{self.total_training_steps} cycle {pos.cycle + 1} {pos.phase.value:>3}"
+        ]
+        for b in self.trainable:
+            score = metrics.get(f"branch_{b.name}/copd/reward_native_mean")
+            parts.append(f"{b.name}: reward {score:.3f}" if score is not None else f"{b.name}")
+        parts += [f"O_k {tag} {v:.3f}" for tag, v in overlaps.items()]
+        print(" | ".join(parts) + f" | {seconds:.1f}s", flush=True)
+
+    def finish(self) -> dict:
+        """Export every branch to HF format and merge the trainable ones into ``merged/``."""
+        from copd.merge import merge_checkpoints
+
+        hf_dir = os.path.join(self.out_dir, "hf")
+        paths = {}
+        for b in self.branches.values():
+            path = os.path.join(hf_dir, f"branch_{b.name}")
+            b.actor_rollout_wg.export_hf(path)
+            paths[b.name] = path
+        trainable = [paths[b.name] for b in self.trainable]
+        merged = os.path.join(self.out_dir, "merged")
+        weights = None
+        if self.copd.merge_weights is not None:
+            weights = [
+                w for w, b in zip(self.copd.merge_weights, self.branches.values(), strict=True) if not b.spec.frozen
+            ]
+        if len(trainable) == 1:
+            merge_checkpoints(trainable * 2, merged, method="average", overwrite=True, progress=False)
+        else:
+            base = (
+                self.config.actor_rollout_ref.model.path
+                if self.copd.merge_method in ("task_arithmetic", "ties")
+                else None
+            )
+            merge_checkpoints(trainable, merged, method=self.copd.merge_method, weights=weights, base=base,
+                              overwrite=True, progress=False)  # fmt: skip
+        result = {"branches": paths, "merged": merged, "phases": [list(p) for p in self.schedule.phases()]}
+        with open(os.path.join(self.out_dir, "copd_result.json"), "w") as f:
+            json.dump(result, f, indent=1, default=str)
+        return result
+
+
+def _sub_batch(batch: KVBatchMeta, keys: list[str]) -> KVBatchMeta:
+    keep = set(keys)
+    tags = [t for k, t in zip(batch.keys, batch.tags, strict=True) if k in keep]
+    return KVBatchMeta(partition_id=batch.partition_id, keys=list(keys), tags=tags, extra_info=dict(batch.extra_info))
+
+
+def _masked_mean(values, mask) -> float:
+    v = values.to_padded_tensor(0.0) if values.is_nested else values
+    m = (mask.to_padded_tensor(0) if mask.is_nested else mask).bool()
+    return float(v[m].double().mean()) if m.any() else float("nan")
+
+
+def _sampled_sym_kl(student_lp, teacher_lp, mask) -> float:
+    from copd.overlap import sampled_symmetric_kl
+
+    s = student_lp.to_padded_tensor(0.0) if student_lp.is_nested else student_lp
+    t = teacher_lp.to_padded_tensor(0.0) if teacher_lp.is_nested else teacher_lp
+    m = mask.to_padded_tensor(0) if mask.is_nested else mask
+    return float(sampled_symmetric_kl(s.float(), t.float(), m))
+
+
+__all__ = ["CoPDTrainer", "OmegaConf"]
