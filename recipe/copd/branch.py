@@ -50,8 +50,22 @@ class BranchTrainer(PPOTrainerSync):
         if self.has_data or self.spec.val_files:
             self._init_dataloader()
 
-    def on_step_end(self):  # the driver syncs weights itself (see CoPDTrainer.step)
+    def on_step_end(self):  # the driver syncs weights itself (see CoPDTrainer._rollout)
         return
+
+    def _update_actor(self, batch, metrics: dict):
+        """verl's actor update, its PPO mini-batch scaled by ``update_scale`` (prompts in this update / the
+        train batch): the combined native + cross update takes as many optimizer steps as a Phase I update
+        (Algorithm 1, line 16: "combine batches; update")."""
+        cfg = self.config.actor_rollout_ref.actor
+        original = cfg.ppo_mini_batch_size
+        with open_dict(cfg):
+            cfg.ppo_mini_batch_size = max(1, round(original * getattr(self, "update_scale", 1.0)))
+        try:
+            return super()._update_actor(batch, metrics)
+        finally:
+            with open_dict(cfg):
+                cfg.ppo_mini_batch_size = original
 
     def on_sample_end(self):
         return

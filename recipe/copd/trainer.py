@@ -165,6 +165,7 @@ class CoPDTrainer(PPOTrainerSync):
         n_prompts = 0
         for part in parts:  # all prompts of this branch go to its agent loop at once (one batched rollout)
             n_prompts += b._submit_batch_to_rollout(part)
+        b.update_scale = n_prompts / self.config.data.train_batch_size
         batch, off_policy = self.replay_buffer.sample(self.global_steps, partition_id="train", batch_size=n_prompts)
         b.checkpoint_manager.sleep_replicas()  # free the rollout's memory for the next branch / training
         batch.extra_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
@@ -267,6 +268,10 @@ class CoPDTrainer(PPOTrainerSync):
         out = {"advantages": response_to_nested(adv, nested_mask), "returns": response_to_nested(ret, nested_mask)}
         tq.kv_batch_put(keys=batch.keys, partition_id="train", fields=TensorDict(out, batch_size=len(batch)))
         metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
+        if (~cross).any():
+            metrics[f"branch_{b.name}/copd/reward_native_mean"] = float(rewards[~cross].sum(-1).mean())
+        if cross.any():
+            metrics[f"branch_{b.name}/copd/reward_cross_mean"] = float(rewards[cross].sum(-1).mean())
 
     # ------------------------------------------------------------------ metrics, validation, checkpoints
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
