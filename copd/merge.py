@@ -1,0 +1,553 @@
+"""Merge K Hugging Face checkpoints into one, streaming: the last line of CoPD's Algorithm 1 (theta* = Merge(...)).
+
+Methods (weights w_k are always normalised to sum to 1; uniform when not given):
+- average:         theta = mean_k theta_k                       (the paper's merge: plain parameter averaging)
+- weighted:        theta = sum_k w_k theta_k
+- task_arithmetic: theta = base + scale * sum_k w_k (theta_k - base)   (scale=K gives the classic sum of task vectors)
+- ties:            theta = base + scale * disjoint_mean(trim(theta_k - base))   (TIES-Merging, Yadav et al. 2023):
+  keep the ceil(density * n) largest |tau_k| of each task vector tensor, elect each entry's sign from the summed
+  (weighted) mass, average the (weighted) entries that agree with it.
+One input is allowed only with task_arithmetic/ties (base + scale * tau extrapolates one fine-tune); average and
+weighted need >= 2. Non-float tensors (int/bool buffers) are copied from the first input.
+
+Streaming: every safetensors header is parsed and checked before anything is written. Each tensor is then merged in
+flat chunks of CHUNK_NUMEL elements: the chunk's raw bytes are read from every input with os.preadv into reused
+buffers, merged in fp32, cast to the output dtype and appended to the output shard, whose header was written first
+(offsets follow from the known shapes and dtypes). Peak memory is a few chunks, whatever the model size; only TIES
+also loads one whole tensor per input to find its magnitude threshold. The output is written to OUT.tmp-<pid> and
+renamed to OUT at the end; the temp folder is removed on failure.
+CLI: python -m copd.merge --method average --output OUT IN1 IN2 ... (see main()).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import sys
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+METHODS = ("average", "weighted", "task_arithmetic", "ties")
+BASE_METHODS = ("task_arithmetic", "ties")
+CHUNK_NUMEL = 1 << 20  # elements merged at once: small enough to stay in cache, large enough to amortise syscalls
+SINGLE_NAME, INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".index.json")
+ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+             "BOOL": torch.bool}  # fmt: skip
+FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+OUT_DTYPES = {"auto": None, "fp32": "F32", "bf16": "BF16", "fp16": "F16",
+              torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}  # fmt: skip
+CONFIG_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+# ---------------------------------------------------------------- tensor math (pure)
+def normalize_weights(weights: Sequence[float] | None, num_models: int) -> list[float]:
+    """Weights as floats summing to 1 (uniform when None); raises on a wrong count, negative values or a zero sum."""
+    if weights is None:
+        return [1.0 / num_models] * num_models
+    w_K = [float(x) for x in weights]
+    if len(w_K) != num_models:
+        raise ValueError(f"got {len(w_K)} weights for {num_models} models: pass exactly one weight per input")
+    if any(not math.isfinite(x) or x < 0 for x in w_K):
+        raise ValueError(f"weights must be finite and >= 0, got {w_K}")
+    if sum(w_K) <= 0:
+        raise ValueError("weights sum to 0: give at least one input a positive weight")
+    return [x / sum(w_K) for x in w_K]
+
+
+def ties_threshold(tau: torch.Tensor, density: float) -> float:
+    """Magnitude of the ceil(density * n)-th largest entry of one task vector; TIES keeps entries with |tau| >= it.
+
+    Shape: (*S) -> scalar. Entries tied with the threshold are all kept.
+    """
+    abs_N = tau.reshape(-1).abs()
+    n = abs_N.numel()
+    k = min(n, max(1, math.ceil(density * n)))
+    return abs_N.kthvalue(n - k + 1).values.item()
+
+
+def merge_flat(
+    method: str,
+    tensors_K: Sequence[torch.Tensor],
+    weights_K: Sequence[float],
+    base: torch.Tensor | None = None,
+    scale: float = 1.0,
+    thresholds_K: Sequence[float] | None = None,
+    acc_dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Elementwise core of every method, applied to whole tensors or to chunks; weights already normalised.
+
+    Shape: K x (*S) -> (*S), in acc_dtype (into `out` if given). TIES needs thresholds_K from ties_threshold.
+    """
+    if method == "ties":
+        return _ties_flat(tensors_K, weights_K, base, scale, thresholds_K, acc_dtype)
+    acc = torch.empty(tensors_K[0].shape, dtype=acc_dtype) if out is None else out
+    acc.copy_(tensors_K[0]).mul_(weights_K[0])
+    for t, w in zip(tensors_K[1:], weights_K[1:], strict=True):
+        acc.add_(t, alpha=w)  # promotes t to acc_dtype: no fp32 copy of the input
+    if method == "task_arithmetic" and scale != 1.0:
+        # base + s * sum_k w_k (theta_k - base) = (1 - s) base + s sum_k w_k theta_k, as sum_k w_k = 1
+        acc.mul_(scale).add_(base, alpha=1.0 - scale)
+    return acc
+
+
+def _ties_flat(tensors_K, weights_K, base, scale, thresholds_K, acc_dtype) -> torch.Tensor:
+    base_f = base.to(acc_dtype, copy=True)
+    trimmed_K = []
+    for t, thr in zip(tensors_K, thresholds_K, strict=True):
+        tau = t.to(acc_dtype) - base_f
+        trimmed_K.append(tau.masked_fill_(tau.abs() < thr, 0.0))  # trim: keep the top-density magnitudes
+    sign = sum(w * tau for w, tau in zip(weights_K, trimmed_K, strict=True)).sign_()  # elect: sign of the summed mass
+    num, den = torch.zeros_like(base_f), torch.zeros_like(base_f)
+    for w, tau in zip(weights_K, trimmed_K, strict=True):
+        agree = (tau.sign() == sign) & (tau != 0)
+        num.add_(tau * agree, alpha=w)
+        den.add_(agree.to(acc_dtype), alpha=w)
+    disjoint_mean = num.div_(den.clamp_min_(torch.finfo(acc_dtype).tiny))  # 0 where no task vector agrees
+    return base_f.add_(disjoint_mean, alpha=scale)
+
+
+def merge_tensors(
+    method: str,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float] | None = None,
+    base_tensor: torch.Tensor | None = None,
+    density: float = 0.2,
+    scale: float = 1.0,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Merge K same-shape float tensors in fp32 (fp64 for fp64) and cast to out_dtype (default: the inputs' dtype).
+
+    Shape: K x (*S) -> (*S).
+    """
+    _check_method_args(method, len(tensors), base_tensor is not None, weights, density, scale)
+    acc_dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    thresholds_K = None
+    if method == "ties":
+        base_f = base_tensor.to(acc_dtype)
+        thresholds_K = [ties_threshold(t.to(acc_dtype) - base_f, density) for t in tensors]
+    w_K = normalize_weights(weights, len(tensors))
+    merged = merge_flat(method, tensors, w_K, base_tensor, scale, thresholds_K, acc_dtype)
+    return merged.to(out_dtype or tensors[0].dtype)
+
+
+def merge_state_dicts(
+    state_dicts: Sequence[Mapping[str, torch.Tensor]],
+    method: str = "average",
+    weights: Sequence[float] | None = None,
+    base_state_dict: Mapping[str, torch.Tensor] | None = None,
+    density: float = 0.2,
+    scale: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Merge K in-memory state dicts key by key with merge_tensors; non-float tensors are taken from the first."""
+    all_sds = list(state_dicts) + ([base_state_dict] if base_state_dict is not None else [])
+    layouts = [{k: (str(v.dtype), tuple(v.shape)) for k, v in sd.items()} for sd in all_sds]
+    _check_same_layout(layouts, [f"state dict {i}" for i in range(len(all_sds))])
+    merged = {}
+    for key, first in state_dicts[0].items():
+        if not first.is_floating_point():
+            merged[key] = first.clone()
+            continue
+        base = base_state_dict[key] if base_state_dict is not None else None
+        merged[key] = merge_tensors(method, [sd[key] for sd in state_dicts], weights, base, density, scale)
+    return merged
+
+
+# ---------------------------------------------------------------- validation
+def _check_method_args(method, num_models, has_base, weights, density, scale) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
+    if method in BASE_METHODS and not has_base:
+        raise ValueError(f"method {method} needs a base checkpoint (--base): task vectors are theta_k - base")
+    if method not in BASE_METHODS and has_base:
+        raise ValueError(f"method {method} does not use a base: drop --base or use task_arithmetic/ties")
+    if num_models < (1 if method in BASE_METHODS else 2):
+        raise ValueError(f"{method} needs at least 2 inputs, got {num_models} (1 is allowed for task_arithmetic/ties)")
+    if method == "average" and weights is not None:
+        raise ValueError("average takes no weights: use method weighted to pass --weights")
+    if method == "weighted" and weights is None:
+        raise ValueError("method weighted needs --weights (one per input); use average for uniform weights")
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"ties density must be in (0, 1], got {density}")
+    if not math.isfinite(scale):
+        raise ValueError(f"task scale must be finite, got {scale}")
+
+
+def _check_same_layout(layouts: Sequence[Mapping[str, tuple]], names: Sequence[str]) -> None:
+    """Same keys, and per key the same (dtype, shape), in every layout; the error names a few offending keys."""
+    ref, ref_name = layouts[0], names[0]
+    for layout, name in zip(layouts[1:], names[1:], strict=True):
+        only_ref, only_other = sorted(set(ref) - set(layout)), sorted(set(layout) - set(ref))
+        if only_ref or only_other:
+            raise ValueError(
+                f"tensor names differ: only in {ref_name}: {only_ref[:3]}, only in {name}: {only_other[:3]} "
+                f"({len(only_ref)} and {len(only_other)} in all); merge checkpoints of one architecture"
+            )
+        for key, (dtype, shape) in ref.items():
+            if layout[key][1] != shape:
+                raise ValueError(f"shape of {key} differs: {shape} in {ref_name}, {layout[key][1]} in {name}")
+            if layout[key][0] != dtype:
+                raise ValueError(
+                    f"dtype of {key} differs: {dtype} in {ref_name}, {layout[key][0]} in {name}; "
+                    "convert the checkpoints to one dtype first"
+                )
+
+
+def _check_same_arch(folders: Sequence[Path]) -> None:
+    seen = None
+    for folder in folders:
+        if (folder / "config.json").is_file():
+            config = json.loads((folder / "config.json").read_text())
+            arch = (config.get("architectures"), config.get("model_type"))
+            if seen is not None and arch != seen[1]:
+                raise ValueError(f"architectures differ: {seen[0]} is {seen[1]}, {folder} is {arch}")
+            seen = seen or (folder, arch)
+
+
+def _check_output(out: Path, folders: Sequence[Path], overwrite: bool) -> None:
+    resolved = out.resolve()
+    for folder in folders:
+        src = folder.resolve()
+        if resolved.is_relative_to(src) or src.is_relative_to(resolved):
+            raise ValueError(f"output {out} overlaps input {folder}: write the merge to a separate folder")
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"output {out} exists and is not empty: remove it or pass --overwrite")
+
+
+# ---------------------------------------------------------------- safetensors I/O
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor's bytes live."""
+
+    path: Path  # the .safetensors file
+    dtype: str  # safetensors dtype code, e.g. "BF16"
+    shape: tuple[int, ...]  # tensor shape
+    offset: int  # absolute byte offset of the tensor's data in the file
+
+
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """Tensors of one safetensors file, in on-disk order (parses the 8-byte length + JSON header only)."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    header.pop("__metadata__", None)
+    items = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    start = 8 + header_len
+    return {k: TensorEntry(path, v["dtype"], tuple(v["shape"]), start + v["data_offsets"][0]) for k, v in items}
+
+
+def scan_checkpoint(folder: Path) -> dict[str, TensorEntry]:
+    """All tensors of a HF checkpoint folder (sharded with an index, or one model.safetensors), in on-disk order."""
+    if not folder.is_dir():
+        raise ValueError(f"input folder {folder} does not exist")
+    if (folder / INDEX_NAME).is_file():
+        files = sorted(set(json.loads((folder / INDEX_NAME).read_text())["weight_map"].values()))
+    elif (folder / SINGLE_NAME).is_file():
+        files = [SINGLE_NAME]
+    else:
+        raise ValueError(f"{folder} has no {SINGLE_NAME} nor {INDEX_NAME}: pass a safetensors checkpoint folder")
+    entries = {}
+    for name in files:
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder / name} is listed in {INDEX_NAME} but missing")
+        entries.update(read_header(folder / name))
+    return entries
+
+
+def _pread(fd: int, entry: TensorEntry, start: int, count: int, buf_B: torch.Tensor) -> torch.Tensor:
+    """Elements [start, start + count) of entry's flat tensor, read with os.preadv into the uint8 buf_B (a view)."""
+    dtype = ST_DTYPES[entry.dtype]
+    nbytes, done = count * dtype.itemsize, 0
+    view = memoryview(buf_B.numpy())[:nbytes]
+    while done < nbytes:
+        got = os.preadv(fd, [view[done:]], entry.offset + start * dtype.itemsize + done)
+        if got == 0:
+            raise ValueError(f"{entry.path} is truncated: re-save the checkpoint")
+        done += got
+    return buf_B[:nbytes].view(dtype)
+
+
+def _prefetch(fds: Mapping[Path, int], reads: Sequence[tuple], depth: int = 2) -> Iterator[list[torch.Tensor]]:
+    """The chunks of `reads` ((entries, start, count) each), read `depth` ahead by a thread so that disk reads overlap
+    the merge and the writes. depth + 1 rotating buffer sets: a chunk stays valid until the next one is requested."""
+    width = max((len(read[0]) for read in reads), default=0)
+    sets = [[torch.empty(0, dtype=torch.uint8) for _ in range(width)] for _ in range(depth + 1)]
+
+    def read_set(i: int, entries: Sequence[TensorEntry], start: int, count: int) -> list[torch.Tensor]:
+        bufs = sets[i % (depth + 1)]
+        for j, entry in enumerate(entries):
+            if bufs[j].numel() < count * ST_DTYPES[entry.dtype].itemsize:
+                bufs[j] = torch.empty(max(count, CHUNK_NUMEL) * ST_DTYPES[entry.dtype].itemsize, dtype=torch.uint8)
+        return [_pread(fds[e.path], e, start, count, buf) for e, buf in zip(entries, bufs, strict=False)]
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = deque()
+        for i, read in enumerate(reads):
+            pending.append(pool.submit(read_set, i, *read))
+            if len(pending) > depth:  # chunk i - depth is done with: its buffer set is the one read next
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+class _Scratch:
+    """Flat buffers reused by (role, dtype) across chunks: fresh big allocations would page-fault on every chunk."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, role: str, dtype: torch.dtype, count: int) -> torch.Tensor:
+        buf = self._buffers.get((role, dtype))
+        if buf is None or buf.numel() < count:
+            buf = self._buffers[(role, dtype)] = torch.empty(max(count, CHUNK_NUMEL), dtype=dtype)
+        return buf[:count]
+
+
+def plan_shards(sizes: Sequence[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
+    """Greedy split of (name, nbytes), in order, into shards of at most max_shard_bytes (a bigger tensor: alone)."""
+    shards, current, used = [], [], 0
+    for name, nbytes in sizes:
+        if current and used + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += nbytes
+    return shards + [current] if current or not shards else shards
+
+
+def write_shard(path: Path, specs: Sequence[tuple[str, str, tuple[int, ...], int]], chunks: Iterator) -> None:
+    """Write one safetensors file: the header from (name, dtype, shape, nbytes), then the bytes of `chunks` in order."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, dtype, shape, nbytes in specs:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # safetensors aligns the data to 8 bytes
+    written = 0
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for chunk in chunks:
+            written += f.write(chunk.reshape(-1).view(torch.uint8).numpy())
+    if written != offset:
+        raise RuntimeError(f"wrote {written} data bytes to {path}, expected {offset}")
+
+
+# ---------------------------------------------------------------- checkpoint merge
+@dataclass(frozen=True)
+class _Job:
+    """What to do with every tensor."""
+
+    method: str  # one of METHODS
+    weights_K: list[float]  # normalised weights, one per input
+    density: float  # TIES: fraction of each task vector kept
+    scale: float  # task_arithmetic/ties: scale of the merged task vector
+    out_code: str | None  # output float dtype code; None keeps the inputs'
+
+    @property
+    def needs_base(self) -> bool:  # task arithmetic with scale 1 reduces to sum_k w_k theta_k: no base to read
+        return self.method == "ties" or (self.method == "task_arithmetic" and self.scale != 1.0)
+
+
+def _ties_thresholds(sources: Sequence[TensorEntry], job: _Job, fds: Mapping[Path, int], acc_dtype) -> list[float]:
+    """Each input's TIES threshold for one tensor: needs whole task vectors, read one at a time besides the base."""
+    numel = math.prod(sources[0].shape)
+
+    def whole(e: TensorEntry) -> torch.Tensor:
+        buf_B = torch.empty(numel * ST_DTYPES[e.dtype].itemsize, dtype=torch.uint8)
+        return _pread(fds[e.path], e, 0, numel, buf_B).to(acc_dtype)
+
+    base_N = whole(sources[-1])
+    return [ties_threshold(whole(e) - base_N, job.density) for e in sources[: len(job.weights_K)]]
+
+
+def _merged_chunks(sources, job: _Job, prefetched: Iterator, fds, scratch: _Scratch) -> Iterator[torch.Tensor]:
+    """One tensor's output as flat chunks (float: merged and cast; else the first input's), each a view of a reused
+    buffer valid until the next is requested. sources: the tensor's entry per input (+ base), as read by prefetched."""
+    first, k = sources[0], len(job.weights_K)
+    if first.dtype not in FLOAT_CODES:
+        for _ in range(0, math.prod(first.shape), CHUNK_NUMEL):
+            yield next(prefetched)[0]
+        return
+    acc_dtype = torch.float64 if first.dtype == "F64" else torch.float32
+    thresholds_K = _ties_thresholds(sources, job, fds, acc_dtype) if job.method == "ties" else None
+    out_dtype = ST_DTYPES[job.out_code or first.dtype]
+    for _ in range(0, math.prod(first.shape), CHUNK_NUMEL):
+        chunks = next(prefetched)
+        acc = scratch.get("acc", acc_dtype, chunks[0].numel())
+        base = chunks[k] if job.needs_base else None
+        acc = merge_flat(job.method, chunks[:k], job.weights_K, base, job.scale, thresholds_K, acc_dtype, out=acc)
+        yield acc if out_dtype == acc_dtype else scratch.get("out", out_dtype, acc.numel()).copy_(acc)
+
+
+def _write_merged(tmp: Path, scans: Sequence[dict[str, TensorEntry]], job: _Job, max_shard_bytes: int, progress: bool):
+    """Write the merged shards (and the index when there are several) into tmp, in the first input's tensor order."""
+    first, k = scans[0], len(job.weights_K)
+    sources = {
+        key: [s[key] for s in scans[: k + job.needs_base]] if e.dtype in FLOAT_CODES else [e]
+        for key, e in first.items()
+    }
+    codes = {key: job.out_code if job.out_code and e.dtype in FLOAT_CODES else e.dtype for key, e in first.items()}
+    nbytes = {key: math.prod(e.shape) * ST_DTYPES[codes[key]].itemsize for key, e in first.items()}
+    shards = plan_shards(list(nbytes.items()), max_shard_bytes)
+    n = len(shards)
+    files = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    reads = [(srcs, start, min(CHUNK_NUMEL, numel - start)) for srcs in sources.values()
+             for numel in [math.prod(srcs[0].shape)] for start in range(0, numel, CHUNK_NUMEL)]  # fmt: skip
+    fds = {path: os.open(path, os.O_RDONLY) for path in {e.path for srcs in sources.values() for e in srcs}}
+    prefetched, scratch = _prefetch(fds, reads), _Scratch()
+    try:
+        with tqdm(total=len(first), unit="tensor", desc="merge", disable=not progress) as bar:
+
+            def shard_chunks(names: Sequence[str]) -> Iterator[torch.Tensor]:
+                for key in names:
+                    yield from _merged_chunks(sources[key], job, prefetched, fds, scratch)
+                    bar.update(1)
+
+            for file, names in zip(files, shards, strict=True):
+                write_shard(
+                    tmp / file, [(key, codes[key], first[key].shape, nbytes[key]) for key in names], shard_chunks(names)
+                )
+    finally:
+        prefetched.close()  # waits for in-flight reads before their files are closed
+        for fd in fds.values():
+            os.close(fd)
+    if n > 1:
+        weight_map = {key: file for file, names in zip(files, shards, strict=True) for key in names}
+        index = {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}
+        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _copy_side_files(src: Path, dst: Path, out_code: str | None) -> None:
+    """Copy config, generation config, tokenizer and processor files (every non-weight file) from src."""
+    for path in sorted(src.iterdir()):
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copy2(path, dst / path.name)
+    if out_code is not None and (dst / "config.json").is_file():  # record the new dtype where the config has one
+        config = json.loads((dst / "config.json").read_text())
+        for key in ("dtype", "torch_dtype"):
+            if key in config:
+                config[key] = CONFIG_DTYPE_NAMES[out_code]
+        (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move tmp to out; an existing out (allowed: empty, or --overwrite) is moved aside first, then deleted."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(tmp, out)
+        return
+    old = out.parent / f"{out.name}.old-{os.getpid()}"
+    os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
+def merge_checkpoints(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    method: str = "average",
+    weights: Sequence[float] | None = None,
+    base: str | Path | None = None,
+    density: float = 0.2,
+    scale: float = 1.0,
+    max_shard_bytes: int = 5 * 10**9,
+    dtype: str | torch.dtype | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Merge K checkpoint folders into `output` (see the module docstring); all checks run before anything is written.
+
+    dtype: None/"auto" keeps the inputs' float dtype, else "fp32"/"bf16"/"fp16" (or the torch dtype).
+    """
+    folders, out = [Path(p) for p in inputs], Path(output)
+    _check_method_args(method, len(folders), base is not None, weights, density, scale)
+    if dtype not in OUT_DTYPES and dtype is not None:
+        raise ValueError(f"unsupported output dtype {dtype!r}: use auto, fp32, bf16 or fp16")
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max shard size must be positive, got {max_shard_bytes}")
+    job = _Job(method, normalize_weights(weights, len(folders)), density, scale, OUT_DTYPES.get(dtype))
+    all_folders = folders + ([Path(base)] if base is not None else [])
+    scans = [scan_checkpoint(f) for f in all_folders]
+    _check_same_layout([{k: (e.dtype, e.shape) for k, e in s.items()} for s in scans], [str(f) for f in all_folders])
+    _check_same_arch(all_folders)
+    _check_output(out, all_folders, overwrite)
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _write_merged(tmp, scans, job, max_shard_bytes, progress)
+        _copy_side_files(folders[0], tmp, job.out_code)
+        _replace(tmp, out)
+    except BaseException:  # never leave a half-written output behind, then re-raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------- CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, like our ValueErrors (argparse adds the usage)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '5GB' (10^9), '2GiB' (2^30), '500MB', or a plain integer."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+             "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).upper() not in units:
+        raise ValueError(f"cannot parse size {text!r}: use e.g. 5GB, 500MB or 2GiB")
+    return int(float(match.group(1)) * units[match.group(2).upper()])
+
+
+def _parse_weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"cannot parse --weights {text!r}: use comma-separated numbers, e.g. 0.7,0.3") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: returns 0 on success, 2 (one-line message on stderr, nothing written) on invalid input."""
+    p = _Parser(prog="python -m copd.merge", description="Merge Hugging Face safetensors checkpoints, streaming.")
+    p.add_argument("inputs", nargs="+", help="checkpoint folders to merge")
+    p.add_argument("--output", required=True, help="folder to create (must not exist or be empty)")
+    p.add_argument("--method", choices=METHODS, default="average", help="merge method")
+    p.add_argument("--weights", help="one weight per input, comma-separated; normalised to sum 1")
+    p.add_argument("--base", help="base checkpoint for task_arithmetic/ties")
+    p.add_argument("--ties-density", type=float, default=0.2, help="TIES: fraction of each task vector kept")
+    p.add_argument("--task-scale", type=float, default=1.0, help="task_arithmetic/ties: task vector scale")
+    p.add_argument("--shard-size", default="5GB", help="max output shard size, e.g. 5GB, 500MB, 2GiB")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="output float dtype")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = p.parse_args(argv)
+    # memory-bound work on ~4 MB chunks: OpenMP threads only add barrier waits (dire on a loaded machine); the
+    # reader thread already overlaps the disk with this one
+    torch.set_num_threads(1)
+    try:
+        merge_checkpoints(args.inputs, args.output, args.method, _parse_weights(args.weights), args.base,
+                          args.ties_density, args.task_scale, parse_size(args.shard_size), args.dtype,
+                          progress=not args.no_progress, overwrite=args.overwrite)  # fmt: skip
+    except ValueError as err:
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
