@@ -25,7 +25,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 @dataclass(frozen=True)
 class BranchConfig:
     name: str  # branch name, [A-Za-z0-9_-]+; used in metric keys (branch{name}/...)
-    train_files: tuple[str, ...] = ()  # parquet files of this branch's prompts D_k; empty = no data of its own
+    train_files: tuple[str, ...] = ()  # prompts D_k (frozen: only what students sample on); empty = no data
     val_files: tuple[str, ...] = ()  # parquet files for this branch's validation
     beta: float = 1.0  # beta_k (Eq. 8): scale of the teacher signal for this branch as a student
     data_source: str | None = None  # `data_source` value of this branch's rows (routes rewards and validation)
@@ -48,8 +48,6 @@ class BranchConfig:
             raise ValueError(f"branch {self.name}: reward_name must be a non-empty function name")
         if self.frozen and not self.init_path:
             raise ValueError(f"branch {self.name}: frozen=True needs init_path (the checkpoint it teaches from)")
-        if self.frozen and self.train_files:
-            raise ValueError(f"branch {self.name}: frozen=True with train_files: a frozen branch is never trained")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BranchConfig:
