@@ -1,0 +1,268 @@
+"""`HFServer`: the token-in/token-out rollout server (a Ray actor) that verl's `LLMServerClient` calls.
+
+It serves `generate` the way verl's vLLM server does (same max-token rule, EOS included in the response, one
+log-prob per response token, `TokenOutput` with `global_steps`), batches concurrent requests (a micro-batcher
+collects the requests that arrive together, runs one left-padded `generate` per group of equal sampling
+settings and splits the results), and takes weights from the trainer in buckets.
+"""
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+import torch
+from verl.utils.config import omega_conf_to_dataclass
+from verl.workers.rollout.replica import TokenOutput
+
+from verl_patches.hf_rollout.generation import SamplingParams, generate_batch, resolve_max_tokens
+from verl_patches.overrides import HF_THREADS_ENV
+
+logger = logging.getLogger(__name__)
+
+#: Env knob: how long (ms) the batcher waits for more requests after the last one arrived.
+BATCH_WAIT_ENV = "VERL_PATCHES_HF_BATCH_WAIT_MS"
+#: A batch starts at the latest this many quiet-window lengths after its first request.
+MAX_WAIT_WINDOWS = 10
+
+
+class _Request:
+    """One queued generate call; `done` receives its TokenOutput."""
+
+    def __init__(self, prompt_ids, max_tokens, params, want_log_probs, extra_inputs, done):
+        self.prompt_ids, self.max_tokens, self.params = prompt_ids, max_tokens, params
+        self.want_log_probs, self.extra_inputs, self.done = want_log_probs, extra_inputs, done
+
+    def batch_key(self):
+        """Requests batch together when their sampling is equal; seeded or multimodal ones run alone."""
+        alone = self.params.seed is not None or self.extra_inputs is not None
+        return (self.params, id(self) if alone else None)
+
+
+class HFServer:
+    """A transformers model behind verl's rollout-server interface (`generate` plus the control plane)."""
+
+    def __init__(self, config, model_config, replica_rank: int = 0):
+        self.config = omega_conf_to_dataclass(config)
+        self.model_config = omega_conf_to_dataclass(model_config)
+        self.replica_rank = replica_rank
+        torch.set_num_threads(max(1, int(os.environ.get(HF_THREADS_ENV, "1"))))
+        self.model = self._load_model()
+        self.processor = self.model_config.processor
+        self.eos_ids, self.pad_id = self._stop_ids()
+        self.max_batch = max(1, self.config.max_num_seqs)
+        self.batch_wait_s = float(os.environ.get(BATCH_WAIT_ENV, "10")) / 1000
+        self.global_steps = None
+        self._model_lock = threading.Lock()  # generation and weight loads never overlap
+        self._queue: list[_Request] = []
+        self._arrived = asyncio.Event()
+        self._batcher: asyncio.Task | None = None
+        self._sleeping = False
+        self._gate_open = asyncio.Event()
+        self._gate_open.set()
+        self._reject = False
+        self._received: set[str] = set()
+
+    def _load_model(self) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+        dtype = getattr(torch, str(self.config.dtype).replace("torch.", ""))
+        auto = AutoModelForImageTextToText if self.model_config.processor is not None else AutoModelForCausalLM
+        return auto.from_pretrained(
+            self.model_config.local_path,
+            dtype=dtype,
+            attn_implementation="sdpa",
+            trust_remote_code=self.model_config.trust_remote_code,
+        ).eval()
+
+    def _stop_ids(self) -> tuple[list[int], int]:
+        """EOS ids from the generation config and the tokenizer; pad id (falls back to the first EOS)."""
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+        tokenizer = self.model_config.tokenizer
+        eos += [tokenizer.eos_token_id] if tokenizer is not None else []
+        eos_ids = sorted({e for e in eos if e is not None})
+        if not eos_ids:
+            raise ValueError(f"{self.model_config.local_path}: no eos_token_id in generation_config or tokenizer")
+        pad = gen.pad_token_id if gen.pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
+        return eos_ids, eos_ids[0] if pad is None else pad
+
+    async def ready(self) -> bool:
+        return True
+
+    # ---- generation ---------------------------------------------------------------------------------------
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str,
+        image_data: list[Any] | None = None,
+        video_data: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> TokenOutput:
+        """Generate a response to `prompt_ids` (LLMServerClient.generate's call; see vllm_async_server.generate)."""
+        if video_data or kwargs.get("audio_data"):
+            raise NotImplementedError("hf rollout serves text and images only; video/audio need the vllm rollout")
+        await self._gate_open.wait()
+        if self._reject:
+            return self._aborted()
+        if self._sleeping:
+            raise RuntimeError("hf rollout server is asleep: wake it (update weights / wake_up) before generating")
+        if self.config.full_determinism:
+            sampling_params = {"seed": self.replica_rank + self.config.seed, **sampling_params}
+        prompt_ids = [int(t) for t in prompt_ids]
+        max_tokens = resolve_max_tokens(
+            sampling_params,
+            len(prompt_ids),
+            self.config.prompt_length,
+            self.config.response_length,
+            self.config.max_model_len or self.config.prompt_length + self.config.response_length,
+        )
+        params = SamplingParams.from_request({"ignore_eos": self.config.ignore_eos, **sampling_params})
+        request = _Request(
+            prompt_ids,
+            max_tokens,
+            params,
+            bool(sampling_params.get("logprobs", False)),
+            self._image_inputs(image_data),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._queue.append(request)
+        self._arrived.set()
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._run_batches())
+        return await request.done
+
+    def _image_inputs(self, image_data) -> dict | None:
+        if not image_data:
+            return None
+        if self.processor is None or not hasattr(self.processor, "image_processor"):
+            raise ValueError("hf rollout got image_data but the model has no image processor (model.path)")
+        return dict(self.processor.image_processor(images=image_data, return_tensors="pt"))
+
+    async def _run_batches(self) -> None:
+        """Collect the requests that arrive together, then generate them group by group; repeat until idle."""
+        while self._queue:
+            waited = 0.0
+            while len(self._queue) < self.max_batch and waited < MAX_WAIT_WINDOWS * self.batch_wait_s:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), timeout=self.batch_wait_s)
+                except asyncio.TimeoutError:
+                    break  # quiet for one window: everything that came together is here
+                waited += self.batch_wait_s
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            groups: dict[Any, list[_Request]] = {}
+            for request in batch:
+                groups.setdefault(request.batch_key(), []).append(request)
+            for group in groups.values():
+                await self._run_group(group)
+
+    async def _run_group(self, group: list[_Request]) -> None:
+        try:
+            results = await asyncio.to_thread(self._generate_locked, group)
+        except Exception as error:  # noqa: BLE001 - handed to every waiting caller, not swallowed
+            for request in group:
+                if not request.done.done():
+                    request.done.set_exception(error)
+            return
+        for request, (token_ids, log_probs) in zip(group, results, strict=True):
+            if not request.done.done():
+                request.done.set_result(
+                    TokenOutput(
+                        token_ids=token_ids,
+                        log_probs=log_probs if request.want_log_probs else None,
+                        stop_reason="completed",
+                        extra_fields={"global_steps": self.global_steps},
+                    )
+                )
+
+    def _generate_locked(self, group: list[_Request]):
+        with self._model_lock:
+            return generate_batch(
+                self.model,
+                [r.prompt_ids for r in group],
+                [r.max_tokens for r in group],
+                group[0].params,
+                self.eos_ids,
+                self.pad_id,
+                group[0].extra_inputs,
+            )
+
+    def _aborted(self) -> TokenOutput:
+        return TokenOutput(
+            token_ids=[], log_probs=None, stop_reason="aborted", extra_fields={"global_steps": self.global_steps}
+        )
+
+    # ---- weights ------------------------------------------------------------------------------------------
+    async def update_weights(
+        self, named_tensors: list[tuple[str, torch.Tensor]], last: bool, global_steps: int | None = None
+    ) -> int:
+        """Copy a bucket of HF-named tensors into the model; on the `last` bucket check that every parameter
+        arrived since the previous sync. Returns the number of tensors loaded."""
+        await asyncio.to_thread(self._load_locked, named_tensors)
+        if last:
+            self._check_complete()
+            if global_steps is not None:
+                self.global_steps = global_steps
+        return len(named_tensors)
+
+    def _load_locked(self, named_tensors) -> None:
+        state = self.model.state_dict(keep_vars=True)
+        with self._model_lock, torch.no_grad():
+            for name, tensor in named_tensors:
+                if name not in state:
+                    raise KeyError(f"hf rollout weight sync: the trainer sent {name!r}, unknown to the rollout model")
+                state[name].copy_(tensor)
+                self._received.add(name)
+
+    def _check_complete(self) -> None:
+        expected = {name for name, _ in self.model.named_parameters()}
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            expected.discard("lm_head.weight")
+        missing, self._received = sorted(expected - self._received), set()
+        if missing:
+            raise RuntimeError(
+                f"hf rollout weight sync incomplete: {len(missing)} parameters missing, e.g. {missing[:3]}"
+            )
+
+    async def set_global_steps(self, global_steps: int) -> None:
+        self.global_steps = global_steps
+
+    # ---- control plane (RolloutReplica fans these out to its servers) ----------------------------------------
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        self._sleeping = False  # weights stay in host memory while asleep; HF keeps no KV cache between calls
+
+    async def sleep(self) -> None:
+        if self.config.free_cache_engine:
+            self._sleeping = True
+
+    async def clear_kv_cache(self) -> None:
+        return None
+
+    async def release_kv_cache(self) -> None:
+        return None
+
+    async def resume_kv_cache(self) -> None:
+        return None
+
+    async def abort_all_requests(self, reject_request: bool = False, **kwargs) -> dict:
+        """Close the gate (new requests wait, or come back aborted with `reject_request`); queued requests that
+        have not started come back aborted at once; a running batch finishes."""
+        self._gate_open.clear()
+        self._reject = reject_request
+        queued, self._queue = self._queue, []
+        for request in queued:
+            request.done.set_result(self._aborted())
+        return {"aborted_count": len(queued), "request_ids": []}
+
+    async def resume_generation(self) -> None:
+        self._reject = False
+        self._gate_open.set()
+
+    async def start_profile(self, **kwargs) -> None:
+        return None
+
+    async def stop_profile(self) -> None:
+        return None

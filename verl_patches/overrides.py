@@ -1,0 +1,83 @@
+"""What a CPU run of verl needs besides the patches: worker environment variables and hydra overrides."""
+
+#: Modules verl imports in every process that imports verl (`verl/__init__.py` reads VERL_USE_EXTERNAL_MODULES).
+HOOK_MODULE = "verl_patches.hook"
+#: Env knob: torch threads of each hf rollout server process.
+HF_THREADS_ENV = "VERL_PATCHES_HF_THREADS"
+#: Logical CPUs Ray advertises on a CPU run: every verl actor (task runner, agent-loop and reward workers,
+#: TransferQueue storage units, load balancer) asks Ray for a CPU; they mostly wait, so logical CPUs may exceed cores.
+MIN_LOGICAL_CPUS = 16
+
+
+def worker_env(threads_per_process: int = 1) -> dict[str, str]:
+    """Env vars for `ray.init(runtime_env={"env_vars": ...})` so that every Ray worker applies the patches and
+    pins its threads (trainer ranks, rollout servers and helpers share few cores; oversubscribed torch threads
+    slow a 2-core machine 10-20x). Also needed on GPU for the `hf` rollout name (the CPU patches stay inert there).
+    """
+    import os
+
+    import verl_patches
+
+    threads = str(threads_per_process)
+    env = {
+        "VERL_USE_EXTERNAL_MODULES": _merged_modules(os.environ.get("VERL_USE_EXTERNAL_MODULES", "")),
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        HF_THREADS_ENV: os.environ.get(HF_THREADS_ENV, threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_DEDUP_LOGS": "0",
+    }
+    pythonpath = _project_root()
+    if os.environ.get("PYTHONPATH"):
+        pythonpath += os.pathsep + os.environ["PYTHONPATH"]
+    env["PYTHONPATH"] = pythonpath
+    if verl_patches.is_cpu():
+        env["VERL_PLATFORM"] = "cpu"
+    return env
+
+
+def cpu_overrides(n_workers: int) -> list[str]:
+    """Hydra overrides (for `verl.trainer.main_ppo` or a compose of `ppo_trainer`) that a CPU run needs:
+    `n_workers` trainer ranks on one node, fp32 FSDP2 with sdpa attention and no torch.compile, the `hf` rollout
+    with one replica per rank, one agent-loop and one reward worker, two TransferQueue storage units and enough
+    logical Ray CPUs for all of verl's helper actors. Task settings (data, model path, batch sizes) stay with the
+    caller; later overrides win, so a caller may append its own to change any of these.
+    """
+    if n_workers < 1:
+        raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+    overrides = [
+        "trainer.device=cpu",
+        "trainer.nnodes=1",
+        f"trainer.n_gpus_per_node={n_workers}",
+        f"ray_kwargs.ray_init.num_cpus={max(MIN_LOGICAL_CPUS, 4 * n_workers + 8)}",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=2",
+        "reward.num_workers=1",
+        "data.dataloader_num_workers=0",
+        "actor_rollout_ref.model.use_fused_kernels=False",
+        "++actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+        "actor_rollout_ref.rollout.name=hf",
+        "actor_rollout_ref.rollout.dtype=float32",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+    ]
+    for role in ("actor", "ref"):
+        overrides += [
+            f"actor_rollout_ref.{role}.strategy=fsdp2",
+            f"actor_rollout_ref.{role}.use_torch_compile=False",
+            f"actor_rollout_ref.{role}.fsdp_config.dtype=float32",
+            f"++actor_rollout_ref.{role}.fsdp_config.mixed_precision.param_dtype=fp32",
+        ]
+    return overrides
+
+
+def _merged_modules(existing: str) -> str:
+    """`existing` (comma-separated module list) with HOOK_MODULE added once."""
+    modules = [m for m in existing.split(",") if m]
+    return ",".join(modules if HOOK_MODULE in modules else [*modules, HOOK_MODULE])
+
+
+def _project_root() -> str:
+    """The directory holding the `verl_patches` package (so workers import it without an install)."""
+    import os
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

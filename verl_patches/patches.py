@@ -1,0 +1,286 @@
+"""The patches verl 0.9.1 needs to run end to end on a CPU-only machine, one function each.
+
+Every patch was written for verl 0.9.1 (pinned), is idempotent (a second call returns False and changes nothing),
+checks that its target still exists (`PatchTargetMissing` otherwise, with the fix in the message) and returns
+True when it changed something. All of them are no-ops unless the CPU platform is active (`is_cpu()`), except
+`register_hf_rollout`, which only adds the rollout name "hf" to verl's two rollout registries.
+
+Imports of verl happen inside the functions: `verl_patches.hook` is imported by verl's own `import verl`
+(`VERL_USE_EXTERNAL_MODULES`), so a top-level `import verl...` here would be circular.
+"""
+
+import functools
+import importlib
+import importlib.abc
+import importlib.util
+import os
+import sys
+import time
+
+#: The verl release these patches were written against and tested with.
+VERL_VERSION = "0.9.1"
+#: Attribute set on every wrapper, so a second application can see the first.
+MARK = "__verl_patches__"
+#: Replay-buffer polling: wait this fraction of the time already spent waiting, at least POLL_FLOOR_S.
+POLL_RATIO = 0.2
+POLL_FLOOR_S = 0.01
+
+_is_cpu_cache: bool | None = None
+_deferred: set[str] = set()  # modules whose patch waits for their first import
+
+
+class PatchTargetMissing(RuntimeError):
+    """A patch target is gone: verl changed. Update the patch for the new version or pin verl==0.9.1."""
+
+
+def _target(module_name: str, attr: str):
+    """Import `module_name` and return `module.attr`, or raise PatchTargetMissing naming the fix."""
+    module = importlib.import_module(module_name)
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            import verl
+
+            raise PatchTargetMissing(
+                f"verl_patches targets {module_name}.{attr}, written for verl {VERL_VERSION}, but verl "
+                f"{verl.__version__} has no such attribute: pin verl=={VERL_VERSION} or update verl_patches/patches.py"
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def _source_has(module_name: str, text: str) -> bool:
+    """Whether a module's source file contains `text`, found without importing the module or its packages
+    (`importlib.util.find_spec` would import the parent packages, e.g. the heavy `verl.workers.engine`)."""
+    top, *rest = module_name.split(".")
+    spec = importlib.util.find_spec(top)
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, *rest[:-1], rest[-1] + ".py") if rest else os.path.join(root, "__init__.py")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return text in f.read()
+    return False
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds one module through the other finders and runs `callback` right after the module executes."""
+
+    def __init__(self, module_name: str, callback):
+        self.module_name, self.callback = module_name, callback
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.module_name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_patch(module):
+            exec_module(module)
+            _deferred.discard(fullname)
+            self.callback()
+
+        spec.loader.exec_module = exec_then_patch
+        return spec
+
+
+def _when_imported(module_name: str, apply) -> bool:
+    """Run `apply()` now if `module_name` is imported, else right after its first import (keeps heavy verl
+    modules out of processes that never use them). Returns False when the patch is already pending."""
+    if module_name in sys.modules:
+        return apply()
+    if module_name in _deferred:
+        return False
+    _deferred.add(module_name)
+    sys.meta_path.insert(0, _AfterImport(module_name, apply))
+    return True
+
+
+def is_cpu() -> bool:
+    """Whether this process runs verl on the CPU platform: `VERL_PLATFORM=cpu`, or no accelerator platform that
+    verl knows (cuda, npu, rocm, ...) reports itself available (the same probe verl's auto-detection uses)."""
+    global _is_cpu_cache
+    if _is_cpu_cache is None:
+        forced = os.environ.get("VERL_PLATFORM", "").strip().lower()
+        if forced:
+            _is_cpu_cache = forced == "cpu"
+        else:
+            from verl.plugin.platform import PlatformRegistry
+
+            _is_cpu_cache = not any(
+                PlatformRegistry.get(name)().is_platform_available(use_smi_check=True)
+                for name in PlatformRegistry.registered_names()
+                if name != "cpu"
+            )
+    return _is_cpu_cache
+
+
+def register_cpu_platform() -> bool:
+    """Register `PlatformCPU` as "cpu" in verl's `PlatformRegistry` and make it the current platform.
+
+    Why: verl 0.9.1 has no CPU platform; on a CPU box `get_device_name()` says "cuda" and FSDP fails in
+    `init_device_mesh("cuda")`. Must run before `verl.workers.engine` is imported, which caches the device name.
+    """
+    if not is_cpu():
+        return False
+    from verl.plugin.platform import platform_manager
+
+    from verl_patches.platform_cpu import PLATFORM_NAME, PlatformCPU
+
+    registry = _target("verl.plugin.platform.platform_manager", "PlatformRegistry")
+    _target("verl.plugin.platform.platform_manager", "set_platform")
+    if registry.get(PLATFORM_NAME) is PlatformCPU and isinstance(platform_manager._current_platform, PlatformCPU):
+        return False
+    registry.register(platform=PLATFORM_NAME)(PlatformCPU)
+    platform_manager.set_platform(PlatformCPU())
+    return True
+
+
+def select_fsdp_engine_on_cpu() -> bool:
+    """Let `EngineRegistry` hand out the FSDP/FSDP2 engine on the CPU platform.
+
+    Why: verl 0.9.1 registers the FSDP engine for devices cuda and npu only (`transformer_impl.py`), although its
+    code reaches the device only through the platform. verl's own override knob `VERL_ENGINE_DEVICE` /
+    `VERL_ENGINE_VENDOR` (read by `EngineRegistry.get_engine_cls`) selects the cuda registration; setting it in this
+    process (children inherit it) avoids importing the heavy engine package here.
+    """
+    if not is_cpu():
+        return False
+    if not _source_has("verl.workers.engine.base", "VERL_ENGINE_DEVICE"):
+        raise PatchTargetMissing(
+            f"verl.workers.engine.base no longer reads VERL_ENGINE_DEVICE (written for verl {VERL_VERSION}): "
+            "register the FSDP engine for device 'cpu' instead, or pin verl==0.9.1"
+        )
+    if os.environ.get("VERL_ENGINE_DEVICE") == "cuda" and os.environ.get("VERL_ENGINE_VENDOR") == "nvidia":
+        return False
+    os.environ["VERL_ENGINE_DEVICE"], os.environ["VERL_ENGINE_VENDOR"] = "cuda", "nvidia"
+    return True
+
+
+def patch_process_group_backend() -> bool:
+    """Make `initialize_global_process_group_ray` use plain "gloo" on CPU.
+
+    Why: verl 0.9.1 builds `f"cpu:gloo,{device}:{backend}"`, i.e. "cpu:gloo,cpu:gloo" on CPU, which torch rejects
+    ("Duplicate device type cpu"). Also rebinds the name in `verl.workers.engine_workers` if that module was already
+    imported (it does `from verl.utils.distributed import ...`).
+    """
+    if not is_cpu():
+        return False
+    import sys
+
+    original = _target("verl.utils.distributed", "initialize_global_process_group_ray")
+    if getattr(original, MARK, False):
+        return False
+
+    @functools.wraps(original)
+    def initialize_global_process_group_ray(timeout_second=None, backend=None):
+        return original(timeout_second=timeout_second, backend=backend or "gloo")
+
+    setattr(initialize_global_process_group_ray, MARK, True)
+    sys.modules["verl.utils.distributed"].initialize_global_process_group_ray = initialize_global_process_group_ray
+    workers = sys.modules.get("verl.workers.engine_workers")
+    if workers is not None:
+        workers.initialize_global_process_group_ray = initialize_global_process_group_ray
+    return True
+
+
+def patch_resource_pools() -> bool:
+    """Resource pools on CPU: one CPU slot per rank, checked against Ray's CPUs instead of GPUs.
+
+    Why: `ResourcePoolManager._check_resource_available` counts only GPU/NPU and raises "Total available GPUs 0"
+    on CPU, and a pool made with `use_gpu=False` asks for `max_colocate_count` CPUs per bundle (10 by default),
+    more than a 2-core machine has. On the CPU platform the accelerator is a CPU: every pool is made with
+    `use_gpu=True`, so a bundle is `{"CPU": 1}` (the platform's resource) and colocated workers share it through
+    `num_cpus=1/max_colocate_count`, as they share a GPU through `num_gpus`.
+    """
+    if not is_cpu():
+        return False
+    pool_cls = _target("verl.single_controller.ray.base", "RayResourcePool")
+    manager_cls = _target("verl.single_controller.ray.base", "ResourcePoolManager")
+    original_init = _target("verl.single_controller.ray.base", "RayResourcePool.__init__")
+    _target("verl.single_controller.ray.base", "ResourcePoolManager._check_resource_available")
+    if getattr(original_init, MARK, False):
+        return False
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.use_gpu = True
+
+    def _check_resource_available(self):
+        import ray
+
+        available = sum(node.get("CPU", 0) for node in ray._private.state.available_resources_per_node().values())
+        required = sum(sum(nodes) for nodes in self.resource_pool_spec.values())
+        if available < required:
+            raise ValueError(
+                f"Ray has {available} CPUs free but the resource pools need {required} (one per rank): raise "
+                "ray_kwargs.ray_init.num_cpus (logical CPUs may exceed the cores) or lower trainer.n_gpus_per_node"
+            )
+
+    setattr(__init__, MARK, True)
+    pool_cls.__init__ = __init__
+    manager_cls._check_resource_available = _check_resource_available
+    return True
+
+
+def patch_replay_buffer_poll() -> bool:
+    """Make the V1 replay buffer's wait for rollouts proportionate to the rollout time.
+
+    Why: `ReplayBuffer.sample` polls TransferQueue and sleeps a fixed `poll_interval` (2.0 s, not configurable
+    from the trainer config) whenever the batch is not complete yet, so a step's `timing_s/gen` is never below
+    2.0 s, even when the generation of a tiny batch takes 0.1 s. On CPU, wait `POLL_RATIO` of the time spent so far
+    in this `sample` call (at least `POLL_FLOOR_S`, at most `poll_interval`): the overshoot stays under ~20% of the
+    generation time and the number of polls grows only logarithmically.
+    """
+    if not is_cpu():
+        return False
+    return _when_imported("verl.trainer.ppo.v1.replay_buffer", _proportionate_replay_buffer_poll)
+
+
+def _proportionate_replay_buffer_poll() -> bool:
+    buffer_cls = _target("verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer")
+    original = _target("verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer._wait_for_next_poll")
+    if getattr(original, MARK, False):
+        return False
+
+    @functools.wraps(original)
+    def _wait_for_next_poll(self, partition_id: str, last_debug_time: float) -> float:
+        # `last_debug_time` is the start of this sample() call (or of the last debug print, once a minute).
+        full_interval = self.poll_interval
+        self.poll_interval = min(full_interval, max(POLL_FLOOR_S, POLL_RATIO * (time.time() - last_debug_time)))
+        try:
+            return original(self, partition_id, last_debug_time)
+        finally:
+            self.poll_interval = full_interval
+
+    setattr(_wait_for_next_poll, MARK, True)
+    buffer_cls._wait_for_next_poll = _wait_for_next_poll
+    return True
+
+
+def register_hf_rollout() -> bool:
+    """Register the `hf` rollout: `RolloutReplicaRegistry` ("hf" -> HFReplica) and the adapter registry
+    `_ROLLOUT_REGISTRY[("hf", "async")]` (-> HFServerAdapter). Additive: also active on GPU."""
+    from verl_patches.hf_rollout import ADAPTER_FQN, load_replica_class
+
+    replicas = _target("verl.workers.rollout.replica", "RolloutReplicaRegistry")
+    adapters = _target("verl.workers.rollout.base", "_ROLLOUT_REGISTRY")
+    if replicas._registry.get("hf") is load_replica_class and adapters.get(("hf", "async")) == ADAPTER_FQN:
+        return False
+    replicas.register("hf", load_replica_class)
+    adapters[("hf", "async")] = ADAPTER_FQN
+    return True
+
+
+#: Every patch, in the order apply_all() runs them (the platform first: later imports read it).
+ALL_PATCHES = (
+    register_cpu_platform,
+    select_fsdp_engine_on_cpu,
+    patch_process_group_backend,
+    patch_resource_pools,
+    patch_replay_buffer_poll,
+    register_hf_rollout,
+)
