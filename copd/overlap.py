@@ -78,8 +78,10 @@ def topk_logprobs(
     logp_N_k = torch.empty(flat_N_V.shape[0], k, dtype=torch.float32, device=logits.device)
     for start in range(0, flat_N_V.shape[0], chunk_tokens):
         stop = start + chunk_tokens
-        top = torch.log_softmax(flat_N_V[start:stop].float(), dim=-1).topk(k, dim=-1)
-        ids_N_k[start:stop], logp_N_k[start:stop] = top.indices, top.values
+        chunk = flat_N_V[start:stop].float()
+        top = chunk.topk(k, dim=-1)  # log-softmax is monotonic: top-k of the logits, then normalise k values only
+        ids_N_k[start:stop] = top.indices
+        logp_N_k[start:stop] = top.values - torch.logsumexp(chunk, dim=-1, keepdim=True)
     return ids_N_k.reshape(*logits.shape[:-1], k), logp_N_k.reshape(*logits.shape[:-1], k)
 
 

@@ -31,7 +31,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from copd.advantages import CoPDAdvantageEstimator, teacher_looks_uniform
+from copd.advantages import CoPDAdvantageEstimator, register_copd_adv_est, teacher_looks_uniform
 from copd.config import CoPDConfig
 from copd.schedule import Phase, PhaseSchedule
 from recipe.copd import checkpoint as ckpt
@@ -55,7 +55,9 @@ class CoPDTrainer(PPOTrainerSync):
             mode=copd_config.schedule_mode,
             overlap_threshold=copd_config.overlap_threshold,
             max_s_rl=copd_config.max_s_rl,
+            min_s_rl=copd_config.min_s_rl,
         )
+        register_copd_adv_est()  # discoverable in verl's registry as "copd"
         self.estimator = CoPDAdvantageEstimator(
             beta={b.name: b.beta for b in copd_config.branches},
             delta_clamp=copd_config.delta_clamp,

@@ -85,7 +85,7 @@ class BehaviourProbe:
             t_ids = torch.topk(chunk, self.k, dim=-1).indices
             s_ids = s_ids_N_k[sl].to(chunk.device)
             overlap_N[sl] = (s_ids.unsqueeze(-1) == t_ids.unsqueeze(-2)).any(-1).float().mean(-1)
-            t_logp_on_s = torch.log_softmax(chunk, -1).gather(-1, s_ids)
+            t_logp_on_s = chunk.gather(-1, s_ids) - torch.logsumexp(chunk, -1, keepdim=True)
             p = torch.softmax(s_logp_N_k[sl].to(chunk.device), -1)  # student renormalised on its top-k
             q = torch.softmax(t_logp_on_s, -1)  # teacher renormalised on the student's top-k
             skl_N[sl] = ((p - q) * (p.clamp_min(1e-30).log() - q.clamp_min(1e-30).log())).sum(-1)
