@@ -10,12 +10,11 @@ Methods (weights w_k are always normalised to sum to 1; uniform when not given):
 One input is allowed only with task_arithmetic/ties (base + scale * tau extrapolates one fine-tune); average and
 weighted need >= 2. Non-float tensors (int/bool buffers) are copied from the first input.
 
-Streaming: every safetensors header is parsed and checked before anything is written. Each tensor is then merged in
-flat chunks of CHUNK_NUMEL elements: the chunk's raw bytes are read from every input with os.preadv into reused
-buffers, merged in fp32, cast to the output dtype and appended to the output shard, whose header was written first
-(offsets follow from the known shapes and dtypes). Peak memory is a few chunks, whatever the model size; only TIES
-also loads one whole tensor per input to find its magnitude threshold. The output is written to OUT.tmp-<pid> and
-renamed to OUT at the end; the temp folder is removed on failure.
+Streaming: all safetensors headers are parsed and checked before anything is written. Each tensor is then merged in
+flat chunks of CHUNK_NUMEL elements: a reader thread preads the chunk's raw bytes from every input into reused
+buffers, the chunk is merged in fp32, cast to the output dtype and appended to the output shard, whose header was
+written first (offsets follow from the known shapes). Peak memory is a few chunks whatever the model size (TIES also
+loads one whole tensor per input for its threshold). Output goes to OUT.tmp-<pid>, renamed to OUT at the end.
 CLI: python -m copd.merge --method average --output OUT IN1 IN2 ... (see main()).
 """
 
@@ -30,12 +29,13 @@ import shutil
 import struct
 import sys
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 METHODS = ("average", "weighted", "task_arithmetic", "ties")
@@ -67,7 +67,11 @@ def normalize_weights(weights: Sequence[float] | None, num_models: int) -> list[
     return [x / sum(w_K) for x in w_K]
 
 
-def ties_threshold(tau: torch.Tensor, density: float) -> float:
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def ties_threshold(tau: Tensor, density: float) -> float:
     """Magnitude of the ceil(density * n)-th largest entry of one task vector; TIES keeps entries with |tau| >= it.
 
     Shape: (*S) -> scalar. Entries tied with the threshold are all kept.
@@ -78,20 +82,14 @@ def ties_threshold(tau: torch.Tensor, density: float) -> float:
     return abs_N.kthvalue(n - k + 1).values.item()
 
 
-def merge_flat(
-    method: str,
-    tensors_K: Sequence[torch.Tensor],
-    weights_K: Sequence[float],
-    base: torch.Tensor | None = None,
-    scale: float = 1.0,
-    thresholds_K: Sequence[float] | None = None,
-    acc_dtype: torch.dtype = torch.float32,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Elementwise core of every method, applied to whole tensors or to chunks; weights already normalised.
+def merge_flat(method: str, tensors_K: Sequence[Tensor], weights_K: Sequence[float], base: Tensor | None = None,
+               scale: float = 1.0, thresholds_K: Sequence[float] | None = None,
+               out: Tensor | None = None) -> Tensor:  # fmt: skip
+    """Elementwise core of every method, on whole tensors or chunks; weights normalised, TIES thresholds given.
 
-    Shape: K x (*S) -> (*S), in acc_dtype (into `out` if given). TIES needs thresholds_K from ties_threshold.
+    Shape: K x (*S) -> (*S), in fp32 (fp64 for fp64 inputs), written into `out` when given (not for TIES).
     """
+    acc_dtype = _acc_dtype(tensors_K[0].dtype)
     if method == "ties":
         return _ties_flat(tensors_K, weights_K, base, scale, thresholds_K, acc_dtype)
     acc = torch.empty(tensors_K[0].shape, dtype=acc_dtype) if out is None else out
@@ -104,7 +102,7 @@ def merge_flat(
     return acc
 
 
-def _ties_flat(tensors_K, weights_K, base, scale, thresholds_K, acc_dtype) -> torch.Tensor:
+def _ties_flat(tensors_K, weights_K, base, scale, thresholds_K, acc_dtype) -> Tensor:
     base_f = base.to(acc_dtype, copy=True)
     trimmed_K = []
     for t, thr in zip(tensors_K, thresholds_K, strict=True):
@@ -120,38 +118,25 @@ def _ties_flat(tensors_K, weights_K, base, scale, thresholds_K, acc_dtype) -> to
     return base_f.add_(disjoint_mean, alpha=scale)
 
 
-def merge_tensors(
-    method: str,
-    tensors: Sequence[torch.Tensor],
-    weights: Sequence[float] | None = None,
-    base_tensor: torch.Tensor | None = None,
-    density: float = 0.2,
-    scale: float = 1.0,
-    out_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
+def merge_tensors(method: str, tensors: Sequence[Tensor], weights: Sequence[float] | None = None,
+                  base_tensor: Tensor | None = None, density: float = 0.2, scale: float = 1.0,
+                  out_dtype: torch.dtype | None = None) -> Tensor:  # fmt: skip
     """Merge K same-shape float tensors in fp32 (fp64 for fp64) and cast to out_dtype (default: the inputs' dtype).
 
     Shape: K x (*S) -> (*S).
     """
     _check_method_args(method, len(tensors), base_tensor is not None, weights, density, scale)
-    acc_dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
     thresholds_K = None
     if method == "ties":
-        base_f = base_tensor.to(acc_dtype)
-        thresholds_K = [ties_threshold(t.to(acc_dtype) - base_f, density) for t in tensors]
-    w_K = normalize_weights(weights, len(tensors))
-    merged = merge_flat(method, tensors, w_K, base_tensor, scale, thresholds_K, acc_dtype)
+        acc_dtype = _acc_dtype(tensors[0].dtype)
+        thresholds_K = [ties_threshold(t.to(acc_dtype) - base_tensor.to(acc_dtype), density) for t in tensors]
+    merged = merge_flat(method, tensors, normalize_weights(weights, len(tensors)), base_tensor, scale, thresholds_K)
     return merged.to(out_dtype or tensors[0].dtype)
 
 
-def merge_state_dicts(
-    state_dicts: Sequence[Mapping[str, torch.Tensor]],
-    method: str = "average",
-    weights: Sequence[float] | None = None,
-    base_state_dict: Mapping[str, torch.Tensor] | None = None,
-    density: float = 0.2,
-    scale: float = 1.0,
-) -> dict[str, torch.Tensor]:
+def merge_state_dicts(state_dicts: Sequence[Mapping[str, Tensor]], method: str = "average",
+                      weights: Sequence[float] | None = None, base_state_dict: Mapping[str, Tensor] | None = None,
+                      density: float = 0.2, scale: float = 1.0) -> dict[str, Tensor]:  # fmt: skip
     """Merge K in-memory state dicts key by key with merge_tensors; non-float tensors are taken from the first."""
     all_sds = list(state_dicts) + ([base_state_dict] if base_state_dict is not None else [])
     layouts = [{k: (str(v.dtype), tuple(v.shape)) for k, v in sd.items()} for sd in all_sds]
@@ -193,8 +178,8 @@ def _check_same_layout(layouts: Sequence[Mapping[str, tuple]], names: Sequence[s
         only_ref, only_other = sorted(set(ref) - set(layout)), sorted(set(layout) - set(ref))
         if only_ref or only_other:
             raise ValueError(
-                f"tensor names differ: only in {ref_name}: {only_ref[:3]}, only in {name}: {only_other[:3]} "
-                f"({len(only_ref)} and {len(only_other)} in all); merge checkpoints of one architecture"
+                f"tensor names differ: only in {ref_name}: {only_ref[:3]}, only in {name}: "
+                f"{only_other[:3]} ({len(only_ref)}, {len(only_other)} in all); use one architecture"
             )
         for key, (dtype, shape) in ref.items():
             if layout[key][1] != shape:
@@ -267,53 +252,36 @@ def scan_checkpoint(folder: Path) -> dict[str, TensorEntry]:
     return entries
 
 
-def _pread(fd: int, entry: TensorEntry, start: int, count: int, buf_B: torch.Tensor) -> torch.Tensor:
-    """Elements [start, start + count) of entry's flat tensor, read with os.preadv into the uint8 buf_B (a view)."""
-    dtype = ST_DTYPES[entry.dtype]
-    nbytes, done = count * dtype.itemsize, 0
-    view = memoryview(buf_B.numpy())[:nbytes]
-    while done < nbytes:
-        got = os.preadv(fd, [view[done:]], entry.offset + start * dtype.itemsize + done)
+def _pread(fd: int, entry: TensorEntry, start: int, out: Tensor) -> Tensor:
+    """Fill `out` (flat, entry's dtype) with elements [start, start + len(out)) of entry's tensor, using os.preadv."""
+    view, done = memoryview(out.view(torch.uint8).numpy()), 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], entry.offset + start * out.element_size() + done)
         if got == 0:
             raise ValueError(f"{entry.path} is truncated: re-save the checkpoint")
         done += got
-    return buf_B[:nbytes].view(dtype)
+    return out
 
 
-def _prefetch(fds: Mapping[Path, int], reads: Sequence[tuple], depth: int = 2) -> Iterator[list[torch.Tensor]]:
-    """The chunks of `reads` ((entries, start, count) each), read `depth` ahead by a thread so that disk reads overlap
-    the merge and the writes. depth + 1 rotating buffer sets: a chunk stays valid until the next one is requested."""
-    width = max((len(read[0]) for read in reads), default=0)
-    sets = [[torch.empty(0, dtype=torch.uint8) for _ in range(width)] for _ in range(depth + 1)]
-
-    def read_set(i: int, entries: Sequence[TensorEntry], start: int, count: int) -> list[torch.Tensor]:
-        bufs = sets[i % (depth + 1)]
-        for j, entry in enumerate(entries):
-            if bufs[j].numel() < count * ST_DTYPES[entry.dtype].itemsize:
-                bufs[j] = torch.empty(max(count, CHUNK_NUMEL) * ST_DTYPES[entry.dtype].itemsize, dtype=torch.uint8)
-        return [_pread(fds[e.path], e, start, count, buf) for e, buf in zip(entries, bufs, strict=False)]
-
+def _pipelined(fn: Callable, items: Sequence, depth: int = 2) -> Iterator:
+    """fn(item, slot) for every item, run `depth` items ahead in a worker thread (so reading and merging overlap the
+    writes); yields the results in order. Slots rotate over depth + 1 values: a result built in its slot's buffers
+    stays valid until the next one is requested."""
     with ThreadPoolExecutor(1) as pool:
         pending = deque()
-        for i, read in enumerate(reads):
-            pending.append(pool.submit(read_set, i, *read))
-            if len(pending) > depth:  # chunk i - depth is done with: its buffer set is the one read next
+        for i, item in enumerate(items):
+            pending.append(pool.submit(fn, item, i % (depth + 1)))
+            if len(pending) > depth:  # the slot of the result handed out last is the one the next submit reuses
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-class _Scratch:
-    """Flat buffers reused by (role, dtype) across chunks: fresh big allocations would page-fault on every chunk."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
-
-    def get(self, role: str, dtype: torch.dtype, count: int) -> torch.Tensor:
-        buf = self._buffers.get((role, dtype))
-        if buf is None or buf.numel() < count:
-            buf = self._buffers[(role, dtype)] = torch.empty(max(count, CHUNK_NUMEL), dtype=dtype)
-        return buf[:count]
+def _scratch(buffers: dict, role: object, dtype: torch.dtype, count: int) -> Tensor:
+    """A flat buffer reused across chunks by role: fresh big allocations would page-fault on every chunk."""
+    if role not in buffers or buffers[role].numel() < count or buffers[role].dtype != dtype:
+        buffers[role] = torch.empty(max(count, CHUNK_NUMEL), dtype=dtype)
+    return buffers[role][:count]
 
 
 def plan_shards(sizes: Sequence[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
@@ -361,67 +329,60 @@ class _Job:
         return self.method == "ties" or (self.method == "task_arithmetic" and self.scale != 1.0)
 
 
-def _ties_thresholds(sources: Sequence[TensorEntry], job: _Job, fds: Mapping[Path, int], acc_dtype) -> list[float]:
-    """Each input's TIES threshold for one tensor: needs whole task vectors, read one at a time besides the base."""
-    numel = math.prod(sources[0].shape)
+def _chunk_merger(job: _Job, fds: Mapping[Path, int]) -> Callable:
+    """fn((key, sources, start, count), slot) for _pipelined: reads one chunk of one tensor from every source (inputs,
+    then the base), merges and casts it in the slot's buffers; non-float tensors come from the first input."""
+    buffers, ties_cache, k = {}, {}, len(job.weights_K)
 
-    def whole(e: TensorEntry) -> torch.Tensor:
-        buf_B = torch.empty(numel * ST_DTYPES[e.dtype].itemsize, dtype=torch.uint8)
-        return _pread(fds[e.path], e, 0, numel, buf_B).to(acc_dtype)
-
-    base_N = whole(sources[-1])
-    return [ties_threshold(whole(e) - base_N, job.density) for e in sources[: len(job.weights_K)]]
-
-
-def _merged_chunks(sources, job: _Job, prefetched: Iterator, fds, scratch: _Scratch) -> Iterator[torch.Tensor]:
-    """One tensor's output as flat chunks (float: merged and cast; else the first input's), each a view of a reused
-    buffer valid until the next is requested. sources: the tensor's entry per input (+ base), as read by prefetched."""
-    first, k = sources[0], len(job.weights_K)
-    if first.dtype not in FLOAT_CODES:
-        for _ in range(0, math.prod(first.shape), CHUNK_NUMEL):
-            yield next(prefetched)[0]
-        return
-    acc_dtype = torch.float64 if first.dtype == "F64" else torch.float32
-    thresholds_K = _ties_thresholds(sources, job, fds, acc_dtype) if job.method == "ties" else None
-    out_dtype = ST_DTYPES[job.out_code or first.dtype]
-    for _ in range(0, math.prod(first.shape), CHUNK_NUMEL):
-        chunks = next(prefetched)
-        acc = scratch.get("acc", acc_dtype, chunks[0].numel())
+    def merge_chunk(item: tuple, slot: int) -> Tensor:
+        key, sources, start, count = item
+        chunks = [_pread(fds[e.path], e, start, _scratch(buffers, (slot, j), ST_DTYPES[e.dtype], count))
+                  for j, e in enumerate(sources)]  # fmt: skip
+        if sources[0].dtype not in FLOAT_CODES:
+            return chunks[0]
+        acc_dtype = _acc_dtype(chunks[0].dtype)
+        if job.method == "ties" and key not in ties_cache:  # the threshold is per whole tensor: one at a time
+            numel, dtype = math.prod(sources[0].shape), chunks[0].dtype
+            whole = lambda e: _pread(fds[e.path], e, 0, torch.empty(numel, dtype=dtype)).to(acc_dtype)
+            base_N = whole(sources[k])
+            ties_cache.clear()
+            ties_cache[key] = [ties_threshold(whole(e) - base_N, job.density) for e in sources[:k]]
+        acc = _scratch(buffers, (slot, "acc"), acc_dtype, count)
         base = chunks[k] if job.needs_base else None
-        acc = merge_flat(job.method, chunks[:k], job.weights_K, base, job.scale, thresholds_K, acc_dtype, out=acc)
-        yield acc if out_dtype == acc_dtype else scratch.get("out", out_dtype, acc.numel()).copy_(acc)
+        acc = merge_flat(job.method, chunks[:k], job.weights_K, base, job.scale, ties_cache.get(key), out=acc)
+        out_dtype = ST_DTYPES[job.out_code or sources[0].dtype]
+        return acc if out_dtype == acc_dtype else _scratch(buffers, (slot, "out"), out_dtype, count).copy_(acc)
+
+    return merge_chunk
 
 
 def _write_merged(tmp: Path, scans: Sequence[dict[str, TensorEntry]], job: _Job, max_shard_bytes: int, progress: bool):
     """Write the merged shards (and the index when there are several) into tmp, in the first input's tensor order."""
     first, k = scans[0], len(job.weights_K)
-    sources = {
-        key: [s[key] for s in scans[: k + job.needs_base]] if e.dtype in FLOAT_CODES else [e]
-        for key, e in first.items()
-    }
-    codes = {key: job.out_code if job.out_code and e.dtype in FLOAT_CODES else e.dtype for key, e in first.items()}
+    floats = {key for key, e in first.items() if e.dtype in FLOAT_CODES}
+    sources = {key: [s[key] for s in scans[: k + job.needs_base]] if key in floats else [e] for key, e in first.items()}
+    codes = {key: job.out_code if job.out_code and key in floats else e.dtype for key, e in first.items()}
     nbytes = {key: math.prod(e.shape) * ST_DTYPES[codes[key]].itemsize for key, e in first.items()}
     shards = plan_shards(list(nbytes.items()), max_shard_bytes)
     n = len(shards)
     files = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    reads = [(srcs, start, min(CHUNK_NUMEL, numel - start)) for srcs in sources.values()
-             for numel in [math.prod(srcs[0].shape)] for start in range(0, numel, CHUNK_NUMEL)]  # fmt: skip
+    items = {key: [(key, srcs, start, min(CHUNK_NUMEL, numel - start)) for start in range(0, numel, CHUNK_NUMEL)]
+             for key, srcs in sources.items() for numel in [math.prod(srcs[0].shape)]}  # fmt: skip
     fds = {path: os.open(path, os.O_RDONLY) for path in {e.path for srcs in sources.values() for e in srcs}}
-    prefetched, scratch = _prefetch(fds, reads), _Scratch()
+    merged = _pipelined(_chunk_merger(job, fds), [item for key_items in items.values() for item in key_items])
     try:
         with tqdm(total=len(first), unit="tensor", desc="merge", disable=not progress) as bar:
 
-            def shard_chunks(names: Sequence[str]) -> Iterator[torch.Tensor]:
+            def shard_chunks(names: Sequence[str]) -> Iterator[Tensor]:
                 for key in names:
-                    yield from _merged_chunks(sources[key], job, prefetched, fds, scratch)
+                    yield from (next(merged) for _ in items[key])
                     bar.update(1)
 
             for file, names in zip(files, shards, strict=True):
-                write_shard(
-                    tmp / file, [(key, codes[key], first[key].shape, nbytes[key]) for key in names], shard_chunks(names)
-                )
+                specs = [(key, codes[key], first[key].shape, nbytes[key]) for key in names]
+                write_shard(tmp / file, specs, shard_chunks(names))
     finally:
-        prefetched.close()  # waits for in-flight reads before their files are closed
+        merged.close()  # waits for in-flight chunks before their files are closed
         for fd in fds.values():
             os.close(fd)
     if n > 1:
@@ -454,19 +415,10 @@ def _replace(tmp: Path, out: Path) -> None:
     shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
-def merge_checkpoints(
-    inputs: Sequence[str | Path],
-    output: str | Path,
-    method: str = "average",
-    weights: Sequence[float] | None = None,
-    base: str | Path | None = None,
-    density: float = 0.2,
-    scale: float = 1.0,
-    max_shard_bytes: int = 5 * 10**9,
-    dtype: str | torch.dtype | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> Path:
+def merge_checkpoints(inputs: Sequence[str | Path], output: str | Path, method: str = "average",
+                      weights: Sequence[float] | None = None, base: str | Path | None = None, density: float = 0.2,
+                      scale: float = 1.0, max_shard_bytes: int = 5 * 10**9, dtype: str | torch.dtype | None = None,
+                      progress: bool = True, overwrite: bool = False) -> Path:  # fmt: skip
     """Merge K checkpoint folders into `output` (see the module docstring); all checks run before anything is written.
 
     dtype: None/"auto" keeps the inputs' float dtype, else "fp32"/"bf16"/"fp16" (or the torch dtype).
