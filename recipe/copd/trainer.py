@@ -78,6 +78,7 @@ class CoPDTrainer(PPOTrainerSync):
     # ------------------------------------------------------------------ setup
     def _setup(self):
         self._init_tokenizer()
+        self._init_dump_executor()
         self.cross_batch_size = int(self.config.copd.run.get("cross_batch_size") or self.config.data.train_batch_size)
         for branch in self.branches.values():
             branch.init_data(self.tokenizer, self.processor)
@@ -121,6 +122,8 @@ class CoPDTrainer(PPOTrainerSync):
         probe = opd or (self.copd.metrics_interval > 0 and pos.step_in_phase % self.copd.metrics_interval == 0)
         probe = probe or (self.copd.schedule_mode == "adaptive" and not opd)
         t0 = time.time()
+        for b in self.branches.values():
+            b.global_steps = self.global_steps
         rollouts = {}
         for b in self.trainable:  # 1. rollout: native batch (+ one cross batch per teacher in Phase II)
             with marked_timer("gen", timing_raw, color="red"):
@@ -245,13 +248,13 @@ class CoPDTrainer(PPOTrainerSync):
     def _advantages(self, b: BranchTrainer, rollout: dict, metrics: dict) -> None:
         """CoPDAdvantageEstimator on the union batch: the single place advantages are computed."""
         batch = rollout["batch"]
-        fields = ["uid", "response_mask", "rm_scores", "old_log_probs"]
+        fields = ["response_mask", "rm_scores", "old_log_probs"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=fields)
         nested_mask = data["response_mask"]
         mask = nested_mask.to_padded_tensor(0)
         rewards = data["rm_scores"].to_padded_tensor(0.0)
         old = data["old_log_probs"].to_padded_tensor(0.0)
-        uid = np.array(data["uid"].tolist(), dtype=object)
+        uid = np.array([key.split("_")[0] for key in batch.keys], dtype=object)  # keys are {uid}_{session}_{i}
         teachers = [rollout["teacher_of_key"][k] for k in batch.keys]
         cross = torch.tensor([t is not None for t in teachers])
         teacher_lp = torch.zeros_like(old)
