@@ -16,6 +16,8 @@ from verl_patches.overrides import cpu_overrides, worker_env
 __all__ = ["apply_all", "cpu_overrides", "is_cpu", "worker_env"]
 
 _applying = False
+#: Env knob: comma-separated patch names apply_all() skips (to measure or bisect a patch; hf registration included).
+DISABLE_ENV = "VERL_PATCHES_DISABLE"
 
 
 def is_cpu() -> bool:
@@ -34,10 +36,16 @@ def apply_all() -> dict[str, bool]:
     global _applying
     if _applying:
         return {}
+    import os
+
     from verl_patches.patches import ALL_PATCHES
 
+    skip = set(filter(None, os.environ.get(DISABLE_ENV, "").split(",")))
+    unknown = skip - {patch.__name__ for patch in ALL_PATCHES}
+    if unknown:
+        raise ValueError(f"{DISABLE_ENV} names unknown patches {sorted(unknown)}; see verl_patches.patches.ALL_PATCHES")
     _applying = True
     try:
-        return {patch.__name__: patch() for patch in ALL_PATCHES}
+        return {patch.__name__: patch() for patch in ALL_PATCHES if patch.__name__ not in skip}
     finally:
         _applying = False

@@ -40,6 +40,7 @@ def prepare(out: Path, n_train: int = 256, n_val: int = 32, seed: int = 0) -> Pa
 
 def overrides(out: Path, model: Path, workers: int, steps: int, batch: int, n: int, lr: float) -> list[str]:
     """cpu_overrides(workers) plus the task: GRPO, batch prompts x n samples, one actor update per step."""
+    per_rank = max(1, batch * n // workers)  # sequences each rank holds: one micro-batch per pass
     return verl_patches.cpu_overrides(workers) + [
         "algorithm.adv_estimator=grpo",
         "algorithm.use_kl_in_reward=False",
@@ -51,10 +52,10 @@ def overrides(out: Path, model: Path, workers: int, steps: int, batch: int, n: i
         f"actor_rollout_ref.model.path={model}",
         f"actor_rollout_ref.actor.optim.lr={lr}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={batch}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={batch * n}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={per_rank}",
         "actor_rollout_ref.actor.use_kl_loss=False",
         f"actor_rollout_ref.rollout.n={n}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={batch * n}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={per_rank}",
         f"reward.custom_reward_function.path={demo_task.__file__}",
         "reward.custom_reward_function.name=compute_score",
         f"trainer.total_training_steps={steps}",

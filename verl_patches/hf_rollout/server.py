@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import torch
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 #: Env knob: how long (ms) the batcher waits for more requests after the last one arrived.
 BATCH_WAIT_ENV = "VERL_PATCHES_HF_BATCH_WAIT_MS"
+#: Env knob: "1" prints one line per generated batch (size, seconds) to the server's log.
+LOG_BATCHES_ENV = "VERL_PATCHES_HF_LOG_BATCHES"
 #: A batch starts at the latest this many quiet-window lengths after its first request.
 MAX_WAIT_WINDOWS = 10
 
@@ -63,6 +66,8 @@ class HFServer:
         self._gate_open.set()
         self._reject = False
         self._received: set[str] = set()
+        self.stats = {"requests": 0, "batches": 0, "generate_s": 0.0}
+        self._log_batches = os.environ.get(LOG_BATCHES_ENV, "0") == "1"
 
     def _load_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -90,6 +95,10 @@ class HFServer:
 
     async def ready(self) -> bool:
         return True
+
+    async def get_stats(self) -> dict:
+        """Requests served, batches run and seconds spent in `generate` since start."""
+        return dict(self.stats)
 
     # ---- generation ---------------------------------------------------------------------------------------
     async def generate(
@@ -160,6 +169,7 @@ class HFServer:
                 await self._run_group(group)
 
     async def _run_group(self, group: list[_Request]) -> None:
+        start = time.perf_counter()
         try:
             results = await asyncio.to_thread(self._generate_locked, group)
         except Exception as error:  # noqa: BLE001 - handed to every waiting caller, not swallowed
@@ -167,6 +177,12 @@ class HFServer:
                 if not request.done.done():
                     request.done.set_exception(error)
             return
+        seconds = time.perf_counter() - start
+        self.stats["requests"] += len(group)
+        self.stats["batches"] += 1
+        self.stats["generate_s"] += seconds
+        if self._log_batches:
+            print(f"hf server {self.replica_rank}: generated {len(group)} requests in {seconds:.3f}s", flush=True)
         for request, (token_ids, log_probs) in zip(group, results, strict=True):
             if not request.done.done():
                 request.done.set_result(
