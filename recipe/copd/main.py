@@ -165,6 +165,24 @@ def prepare(config: DictConfig) -> tuple[CoPDConfig, dict | None]:
     return copd, files
 
 
+def run_baseline(config: DictConfig, copd: CoPDConfig) -> str:
+    """The same branches trained independently for the same number of steps (S_OPD = 0), then averaged."""
+    import dataclasses
+
+    from copd.merge import merge_checkpoints
+
+    steps = copd.n_cycles * ((copd.max_s_rl or copd.s_rl) + copd.s_opd)
+    experts = dataclasses.replace(copd, n_cycles=1, s_rl=steps, s_opd=0, schedule_mode="fixed", max_s_rl=None)
+    cfg = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
+    with open_dict(cfg):
+        cfg.trainer.default_local_dir = os.path.join(config.trainer.default_local_dir, "baseline_experts")
+    print(f"[copd] baseline: the branches trained independently for {steps} steps (no OPD), then averaged", flush=True)
+    result = run_copd(cfg, experts)
+    out = os.path.join(config.trainer.default_local_dir, "baseline_average")
+    merge_checkpoints(list(result["branches"].values()), out, method="average", overwrite=True, progress=False)
+    return out
+
+
 def main_with_config(config: DictConfig) -> dict:
     t0 = time.time()
     try:
@@ -173,6 +191,8 @@ def main_with_config(config: DictConfig) -> dict:
         print(f"copd: error: {err}", file=sys.stderr)
         sys.exit(2)
     result = run_copd(config, copd)
+    if files is not None and config.copd.run.toy.get("baseline", False):
+        result["baseline_average"] = run_baseline(config, copd)
     if files is not None:
         from recipe.copd.report import toy_report
 

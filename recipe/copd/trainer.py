@@ -172,6 +172,8 @@ class CoPDTrainer(PPOTrainerSync):
             n_prompts += b._submit_batch_to_rollout(part)
         b.update_scale = n_prompts / self.config.data.train_batch_size
         batch, off_policy = self.replay_buffer.sample(self.global_steps, partition_id="train", batch_size=n_prompts)
+        rank = {uid: i for i, uid in enumerate(u for part in parts for u in part["uid"])}
+        batch.reorder(sorted(range(len(batch)), key=lambda i: _key_order(batch.keys[i], rank)))  # arrival-independent
         b.checkpoint_manager.sleep_replicas()  # free the rollout's memory for the next branch / training
         batch.extra_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
         batch = b._balance_batch(batch, metrics={})
@@ -356,6 +358,12 @@ class CoPDTrainer(PPOTrainerSync):
         with open(os.path.join(self.out_dir, "copd_result.json"), "w") as f:
             json.dump(result, f, indent=1, default=str)
         return result
+
+
+def _key_order(key: str, rank: dict) -> tuple:
+    """Sort key of a trajectory key ``{uid}_{session}_{index}``: submission order of its prompt, then sample."""
+    uid, _, rest = key.partition("_")
+    return (rank.get(uid, len(rank)), *(int(p) if p.isdigit() else p for p in rest.split("_")))
 
 
 def _sub_batch(batch: KVBatchMeta, keys: list[str]) -> KVBatchMeta:
