@@ -1,0 +1,125 @@
+"""Greedy exact-match accuracy of toy models per skill, and the results table.
+
+Prompt ids are built exactly as verl's agent loop builds them: `SingleTurnAgentLoop` asks the continuous token builder
+(`utils/tokenizer/continuous_token.py::ContinuousTokenBuilder._render_tokens`) for
+`apply_chat_template([user message], tokenize=True, add_generation_prompt=True)` with the data config's (empty by
+default) chat template kwargs, so evaluation prompts equal the rollout's prompts token for token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+
+from recipe.copd.toy.reward import compute_score
+from recipe.copd.toy.tasks import SKILLS, read_problems
+
+
+def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of one user turn plus the assistant generation prompt, as verl's agent loop renders them."""
+    out = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    ids = out["input_ids"] if hasattr(out, "keys") else out  # transformers 5 returns a BatchEncoding
+    return [int(i) for i in ids]
+
+
+def left_pad(ids_list: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into `input_ids_B_T` and `attention_mask_B_T` (1 on real tokens).
+
+    Shape: B = len(ids_list), T = the longest list.
+    """
+    T = max(len(ids) for ids in ids_list)
+    input_ids_B_T = torch.full((len(ids_list), T), pad_id, dtype=torch.long)
+    attention_mask_B_T = torch.zeros((len(ids_list), T), dtype=torch.long)
+    for b, ids in enumerate(ids_list):
+        input_ids_B_T[b, T - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask_B_T[b, T - len(ids) :] = 1
+    return input_ids_B_T, attention_mask_B_T
+
+
+def _load(model_or_path, tokenizer):
+    if isinstance(model_or_path, PreTrainedModel):
+        if tokenizer is None:
+            raise ValueError("greedy_accuracy got a model object without a tokenizer: pass the tokenizer too")
+        return model_or_path, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(model_or_path, dtype=torch.float32)
+    return model, tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model_or_path)
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[str], batch_size: int = 128, max_new_tokens: int = 8) -> list[str]:
+    """Greedy responses (decoded with `skip_special_tokens=True`, as verl's reward loop does) to `prompts`."""
+    gen_config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        ids = [chat_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        input_ids_B_T, attention_mask_B_T = left_pad(ids, tokenizer.pad_token_id)
+        out_B_S = model.generate(
+            input_ids=input_ids_B_T, attention_mask=attention_mask_B_T, generation_config=gen_config
+        )
+        responses = out_B_S[:, input_ids_B_T.shape[1] :]
+        answers += tokenizer.batch_decode(responses, skip_special_tokens=True)
+    model.train(was_training)
+    return answers
+
+
+def greedy_accuracy(
+    model_or_path, tokenizer, problems: list[dict], batch_size: int = 128, max_new_tokens: int = 8
+) -> float:
+    """Fraction of `problems` ({prompt, answer}) whose greedy answer gets reward 1 from `reward.compute_score`.
+
+    `model_or_path` is a model or an HF folder; `tokenizer` may be None for a folder (loaded from it).
+    """
+    if not problems:
+        raise ValueError("greedy_accuracy got no problems: pass a non-empty list of {prompt, answer} dicts")
+    model, tokenizer = _load(model_or_path, tokenizer)
+    answers = greedy_answers(model, tokenizer, [p["prompt"] for p in problems], batch_size, max_new_tokens)
+    scores = [compute_score("copd_toy", a, p["answer"]) for a, p in zip(answers, problems, strict=True)]
+    return sum(scores) / len(scores)
+
+
+def evaluate_models(
+    named_paths: dict[str, str | Path],
+    test_files_or_problems: dict[str, str | Path | list[dict]],
+    batch_size: int = 128,
+    max_new_tokens: int = 8,
+) -> dict[str, dict[str, float]]:
+    """Greedy accuracy of each named model on each skill: `{name: {skill: acc}}`, in the given order.
+
+    `test_files_or_problems` maps a skill to a parquet file written by `tasks.write_verl_parquet` or to a problem list.
+    """
+    problems = {
+        skill: src if isinstance(src, list) else read_problems(src) for skill, src in test_files_or_problems.items()
+    }
+    results: dict[str, dict[str, float]] = {}
+    for name, path in named_paths.items():
+        model, tokenizer = _load(path, None)
+        results[name] = {
+            skill: greedy_accuracy(model, tokenizer, probs, batch_size, max_new_tokens)
+            for skill, probs in problems.items()
+        }
+    return results
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """An aligned text table: one row per model (in order), one column per skill, then their plain mean."""
+    seen = {s for accs in results.values() for s in accs}
+    skills = [s for s in SKILLS if s in seen] + sorted(seen - set(SKILLS))
+    width = max([len("model")] + [len(name) for name in results])
+    lines = [" | ".join([f"{'model':<{width}}"] + [f"{c:>6}" for c in [*skills, "mean"]])]
+    lines.append("-" * len(lines[0]))
+    for name, accs in results.items():
+        values = [accs.get(s, float("nan")) for s in skills]
+        mean = sum(values) / len(values) if values else float("nan")
+        lines.append(" | ".join([f"{name:<{width}}"] + [f"{v:>6.3f}" for v in [*values, mean]]))
+    return "\n".join(lines)

@@ -1,0 +1,227 @@
+"""Supervised warm start of the tiny Qwen3 on both toy skills, so that GRPO has a non-zero reward to start from.
+
+A skill whose greedy accuracy starts below ~15% does not improve under GRPO here (see
+shared/docs/offline-models-and-data.md), so the base model of the embedded default is first trained by next-token
+cross-entropy on chat-formatted `prompt + answer + <|im_end|>`, with the loss on the answer and end tokens only, over
+the two skills' TRAIN problems mixed `mix` = add:mul. It is stopped early on purpose: both skills must stay imperfect
+so that RL and distillation have something to do. The result is an HF folder cached by a hash of its arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from recipe.copd.toy.evaluate import chat_prompt_ids, greedy_accuracy
+from recipe.copd.toy.tasks import SKILLS, make_problems, operand_pool
+
+MANIFEST = "copd_warmstart.json"
+_WARMSTART_VERSION = 1  # bump when the recipe below changes, so cached folders are rebuilt
+IGNORE = -100  # label of tokens without loss (prompt, padding), as in transformers' causal LM loss
+
+
+def encode_examples(tokenizer, problems: list[dict]) -> list[tuple[list[int], int]]:
+    """Each problem as (prompt ids + answer ids + eos id, number of prompt ids)."""
+    examples = []
+    for p in problems:
+        prompt = chat_prompt_ids(tokenizer, p["prompt"])
+        answer = tokenizer.encode(p["answer"], add_special_tokens=False)
+        examples.append((prompt + answer + [tokenizer.eos_token_id], len(prompt)))
+    return examples
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad examples into `input_ids_B_T`, `attention_mask_B_T` and `labels_B_T` (IGNORE outside answers).
+
+    Shape: B = len(examples), T = the longest example.
+    """
+    T = max(len(ids) for ids, _ in examples)
+    input_ids_B_T = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    attention_mask_B_T = torch.zeros((len(examples), T), dtype=torch.long)
+    labels_B_T = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    for b, (ids, n_prompt) in enumerate(examples):
+        input_ids_B_T[b, : len(ids)] = torch.tensor(ids)
+        attention_mask_B_T[b, : len(ids)] = 1
+        labels_B_T[b, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+    return {"input_ids": input_ids_B_T, "attention_mask": attention_mask_B_T, "labels": labels_B_T}
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to lr / 10 at `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def args_hash(args: dict) -> str:
+    """A short stable hash of the warm start's arguments (and recipe version)."""
+    payload = json.dumps({**args, "version": _WARMSTART_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def read_manifest(out_dir: str | Path) -> dict | None:
+    """The warm start manifest of `out_dir`, or None when it has none."""
+    path = Path(out_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def batch_counts(batch_size: int, weights: dict[str, float]) -> dict[str, int]:
+    """Examples per skill in one batch, proportional to `weights` (largest remainders get the rounding)."""
+    total = sum(weights.values())
+    exact = {skill: batch_size * w / total for skill, w in weights.items()}
+    counts = {skill: int(x) for skill, x in exact.items()}
+    for skill in sorted(exact, key=lambda s: counts[s] - exact[s])[: batch_size - sum(counts.values())]:
+        counts[skill] += 1
+    return counts
+
+
+def _val_accuracy(model, tokenizer, val: dict[str, list[dict]]) -> dict[str, float]:
+    return {skill: round(greedy_accuracy(model, tokenizer, problems), 4) for skill, problems in val.items()}
+
+
+def _sgd_step(model, optimizer, batch: dict[str, torch.Tensor], lr: float) -> float:
+    """One AdamW step on the answer-token cross-entropy of `batch`; returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    loss = model(**batch).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
+def _train(model, tokenizer, args: dict, log: Callable[[str], None]) -> dict:
+    """The supervised loop; returns the training record stored in the manifest.
+
+    Every `eval_every` steps the greedy accuracy of each skill on VAL problems is measured; the run stops early once
+    every skill reached its `target_acc`. All skills stay in every batch (a skill left out is forgotten within a few
+    hundred steps), so the stop catches the fast skill while it is still imperfect.
+    """
+    seed, targets = args["seed"], args["target_acc"]
+    pools = {skill: make_problems(skill, len(operand_pool(skill, "train")), seed, "train") for skill in SKILLS}
+    examples = {skill: encode_examples(tokenizer, problems) for skill, problems in pools.items()}
+    val = {skill: make_problems(skill, args["n_val"], seed, "val") for skill in SKILLS}
+    counts = batch_counts(args["batch_size"], dict(zip(SKILLS, args["mix"], strict=True)))
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.01, betas=(0.9, 0.98))
+    start, curve, accs, steps_done = time.monotonic(), [], {}, 0
+    while steps_done < args["steps"]:
+        if args["time_budget_s"] is not None and time.monotonic() - start > args["time_budget_s"]:
+            log(f"[warm start] time budget {args['time_budget_s']} s reached after {steps_done} steps")
+            break
+        idx = {s: torch.randint(len(examples[s]), (n,), generator=gen).tolist() for s, n in counts.items()}
+        batch = collate([examples[s][i] for s in SKILLS for i in idx[s]], tokenizer.pad_token_id)
+        lr = lr_at(steps_done, args["steps"], args["lr"], warmup=max(1, args["steps"] // 20))
+        curve.append(round(_sgd_step(model, optimizer, batch, lr), 5))
+        steps_done += 1
+        if targets is not None and steps_done % args["eval_every"] == 0:
+            accs = _val_accuracy(model, tokenizer, val)
+            log(f"[warm start] step {steps_done} loss {curve[-1]:.4f} val {accs} ({time.monotonic() - start:.1f} s)")
+            if all(accs[s] >= t for s, t in zip(SKILLS, targets, strict=True)):
+                break
+    elapsed = round(time.monotonic() - start, 2)
+    return {
+        "steps_done": steps_done,
+        "elapsed_s": elapsed,
+        "val_accuracy": _val_accuracy(model, tokenizer, val),
+        "loss_curve": curve,
+    }
+
+
+def _save_atomically(model, tokenizer, out_dir: Path, manifest: dict) -> None:
+    """Write the HF folder next to `out_dir`, then swap it in with renames."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def warm_start(
+    out_dir: str | Path,
+    *,
+    steps: int = 500,
+    lr: float = 2e-3,
+    batch_size: int = 64,
+    mix: tuple[int, int] = (1, 2),
+    seed: int = 0,
+    hidden_size: int = 128,
+    num_layers: int = 3,
+    intermediate_size: int | None = 512,
+    target_acc: tuple[float, float] | None = (0.5, 0.3),
+    eval_every: int = 50,
+    n_val: int = 100,
+    threads: int = 2,
+    time_budget_s: float | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Build the char tokenizer and tiny Qwen3, train them on both skills, save an HF folder at `out_dir`.
+
+    Cached: when `out_dir` holds a manifest whose argument hash matches, returns at once. `threads` and `log` are left
+    out of the hash (they change speed and output, not the recipe); `time_budget_s` is in it, since it can stop the
+    run early. fp32 throughout (bf16 is far slower on these CPUs).
+    """
+    from recipe.copd.toy.model import build_tiny_qwen3
+    from recipe.copd.toy.tokenizer import build_char_tokenizer
+
+    out_dir = Path(out_dir)
+    args = dict(
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        mix=list(mix),
+        seed=seed,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        intermediate_size=intermediate_size,
+        target_acc=target_acc,
+        eval_every=eval_every,
+        n_val=n_val,
+        time_budget_s=time_budget_s,
+    )
+    digest = args_hash(args)
+    manifest = read_manifest(out_dir) if out_dir.exists() else None
+    if manifest is not None and manifest.get("hash") == digest:
+        log(f"[warm start] cache hit: {out_dir} (hash {digest})")
+        return out_dir
+    if out_dir.exists() and manifest is None and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not a warm start folder (no {MANIFEST}): pick another out_dir")
+    if len(mix) != 2 or min(mix) < 0 or sum(mix) <= 0:
+        raise ValueError(f"mix={mix} must be two non-negative weights (add, mul) with a positive sum, e.g. (1, 2)")
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_qwen3(
+        tokenizer,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=max(1, hidden_size // 32),
+        num_kv_heads=max(1, hidden_size // 64),
+        intermediate_size=intermediate_size,
+        seed=seed,
+    ).float()
+    num_params = sum(p.numel() for p in model.parameters())
+    log(f"[warm start] {num_params / 1e6:.2f}M parameters, {steps} steps, lr {lr}, mix add:mul {mix}")
+    record = _train(model, tokenizer, args, log)
+    _save_atomically(
+        model.eval(), tokenizer, out_dir, {"hash": digest, "args": args, "num_params": num_params, **record}
+    )
+    log(f"[warm start] saved {out_dir} after {record['steps_done']} steps in {record['elapsed_s']} s")
+    return out_dir

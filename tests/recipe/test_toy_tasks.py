@@ -1,0 +1,167 @@
+"""Toy tasks, their verl parquet files (read back through verl's RLHFDataset), the reward, and the results table."""
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recipe.copd.toy.evaluate import chat_prompt_ids, format_table, left_pad
+from recipe.copd.toy.reward import compute_score, extract_answer
+from recipe.copd.toy.tasks import (
+    SKILLS,
+    SPLITS,
+    build_toy_data,
+    make_problems,
+    operand_pool,
+    problem,
+    read_problems,
+    write_verl_parquet,
+)
+from recipe.copd.toy.tokenizer import build_char_tokenizer
+
+
+def test_problem_text_and_answer():
+    assert problem("add", 37, 45) == {"prompt": "37+45=", "answer": "82"}
+    assert problem("mul", 37, 6) == {"prompt": "37*6=", "answer": "222"}
+    assert problem("add", 99, 99) == {"prompt": "99+99=", "answer": "198"}
+
+
+@pytest.mark.parametrize("skill", SKILLS)
+def test_splits_partition_the_operand_pairs(skill):
+    pools = {split: set(operand_pool(skill, split)) for split in SPLITS}
+    assert not pools["train"] & pools["val"] and not pools["train"] & pools["test"] and not pools["val"] & pools["test"]
+    expected = 90 * 90 if skill == "add" else 90 * 8  # a in 10..99, b in 10..99 (add) or d in 2..9 (mul)
+    assert sum(len(p) for p in pools.values()) == expected
+    assert all(len(p) > 0 for p in pools.values())
+
+
+@pytest.mark.parametrize("skill", SKILLS)
+def test_make_problems_is_deterministic_correct_and_split_disjoint(skill):
+    train = make_problems(skill, 500, seed=0, split="train")
+    assert train == make_problems(skill, 500, seed=0, split="train")
+    assert train != make_problems(skill, 500, seed=1, split="train")
+    op = "+" if skill == "add" else "*"
+    for p in train:
+        x, y = p["prompt"][:-1].split(op)
+        assert p["prompt"].endswith("=") and p["answer"] == str(eval(f"{int(x)}{op}{int(y)}"))
+    test_prompts = {p["prompt"] for p in make_problems(skill, 300, seed=0, split="test")}
+    assert not test_prompts & {p["prompt"] for p in make_problems(skill, 2000, seed=3, split="train")}
+
+
+def test_make_problems_cycles_the_pool_evenly():
+    pool = operand_pool("mul", "val")
+    n = 2 * len(pool) + 5
+    counts = Counter(p["prompt"] for p in make_problems("mul", n, seed=0, split="val"))
+    assert len(counts) == len(pool)
+    assert sorted(set(counts.values())) == [2, 3] and sum(counts.values()) == n
+
+
+def test_unknown_skill_or_split_is_rejected():
+    with pytest.raises(ValueError, match="unknown skill"):
+        make_problems("div", 3, 0, "train")
+    with pytest.raises(ValueError, match="unknown split"):
+        make_problems("add", 3, 0, "dev")
+
+
+def test_write_verl_parquet_layout_and_read_back(tmp_path):
+    path = write_verl_parquet(tmp_path / "add_test.parquet", "add", 7, seed=0, split="test")
+    frame = pd.read_parquet(path)
+    assert list(frame.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
+    row = frame.iloc[3]
+    assert row["data_source"] == "copd_toy/add"
+    assert list(row["prompt"]) == [{"role": "user", "content": make_problems("add", 7, 0, "test")[3]["prompt"]}]
+    assert row["reward_model"] == {"style": "rule", "ground_truth": make_problems("add", 7, 0, "test")[3]["answer"]}
+    assert row["extra_info"]["split"] == "test" and row["extra_info"]["index"] == 3
+    assert read_problems(path) == make_problems("add", 7, 0, "test")
+    assert [p.name for p in tmp_path.iterdir()] == ["add_test.parquet"]  # no temp file left behind
+
+
+def _verl_data_config(**overrides):
+    """verl's default `data` config node, composed from its ppo_trainer config (plus overrides)."""
+    import verl
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=[f"data.{k}={v}" for k, v in overrides.items()])
+    GlobalHydra.instance().clear()
+    return cfg.data
+
+
+def test_verl_rlhf_dataset_loads_and_tokenises_the_parquet(tmp_path):
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+    path = write_verl_parquet(tmp_path / "mul_train.parquet", "mul", 12, seed=0, split="train")
+    tokenizer = build_char_tokenizer()
+    # filter_overlong_prompts makes the dataset tokenise every prompt with the chat template; 24 tokens is enough for
+    # "<|im_start|>user\n37*6=<|im_end|>\n<|im_start|>assistant\n" (1+4+1+5+1+1+1+9+1 = 24 ids at most).
+    config = _verl_data_config(prompt_key="prompt", filter_overlong_prompts=True, max_prompt_length=24)
+    dataset = RLHFDataset(data_files=[str(path)], tokenizer=tokenizer, config=config)
+    assert len(dataset) == 12
+    item = dataset[5]
+    expected = make_problems("mul", 12, 0, "train")[5]
+    assert item["raw_prompt"] == [{"role": "user", "content": expected["prompt"]}]
+    assert item["reward_model"]["ground_truth"] == expected["answer"] and item["data_source"] == "copd_toy/mul"
+    # The agent loop's prompt ids (Qwen continuous token builder) equal the ids evaluation and warm start use.
+    builder = create_continuous_token_builder(tokenizer, hf_model_type="qwen3")
+    assert builder.build_initial_tokens(item["raw_prompt"]) == chat_prompt_ids(tokenizer, expected["prompt"])
+
+
+def test_build_toy_data_is_idempotent(tmp_path):
+    paths = build_toy_data(tmp_path, n_train=20, n_val=5, n_test=6, seed=0)
+    assert set(paths) == set(SKILLS) and all(set(p) == set(SPLITS) for p in paths.values())
+    assert len(pd.read_parquet(paths["mul"]["test"])) == 6
+    mtimes = {p: p.stat().st_mtime_ns for s in paths.values() for p in s.values()}
+    again = build_toy_data(tmp_path, n_train=20, n_val=5, n_test=6, seed=0)
+    assert {p: p.stat().st_mtime_ns for s in again.values() for p in s.values()} == mtimes
+    changed = build_toy_data(tmp_path, n_train=20, n_val=5, n_test=9, seed=0)
+    assert len(pd.read_parquet(changed["add"]["test"])) == 9
+    assert changed["add"]["train"].stat().st_mtime_ns == mtimes[paths["add"]["train"]]
+
+
+@pytest.mark.parametrize(
+    "solution, truth, score",
+    [
+        ("82", "82", 1.0),
+        (" 82\n", "82", 1.0),  # whitespace around the answer is stripped
+        ("82<|im_end|>", "82", 1.0),  # decoded with special tokens kept
+        ("82<|im_end|><|endoftext|><|endoftext|>", "82", 1.0),  # ... and padding after the end of turn
+        ("83", "82", 0.0),
+        ("821", "82", 0.0),  # a longer number is wrong, not a prefix match
+        ("8 2", "82", 0.0),
+        ("", "82", 0.0),
+        ("<|im_end|>82", "82", 0.0),  # nothing before the end of turn
+    ],
+)
+def test_compute_score_exact_match(solution, truth, score):
+    assert compute_score("copd_toy/add", solution, truth, extra_info={"split": "test"}) == score
+
+
+def test_extract_answer_cuts_at_first_end_marker():
+    assert extract_answer("12<|im_end|>34") == "12"
+    assert extract_answer("12<|endoftext|>") == "12"
+
+
+def test_left_pad_hand_example():
+    input_ids_B_T, attention_mask_B_T = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert input_ids_B_T.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert attention_mask_B_T.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_format_table_rows_columns_and_mean():
+    table = format_table({"base": {"mul": 0.2, "add": 0.5}, "CoPD merged": {"add": 0.9, "mul": 0.4}})
+    lines = table.splitlines()
+    assert lines[0].split("|")[1:] == ["    add ", "    mul ", "   mean"]
+    assert lines[2].startswith("base ") and lines[2].rstrip().endswith("0.500 |  0.200 |  0.350")
+    assert lines[3].startswith("CoPD merged") and lines[3].rstrip().endswith("0.900 |  0.400 |  0.650")
+    assert len({len(line) for line in lines}) == 1  # aligned
+
+
+def test_read_problems_accepts_path_like(tmp_path):
+    path = write_verl_parquet(tmp_path / "x.parquet", "mul", 3, seed=2, split="val")
+    assert read_problems(str(path)) == read_problems(Path(path)) == make_problems("mul", 3, 2, "val")

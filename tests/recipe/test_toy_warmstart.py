@@ -1,0 +1,122 @@
+"""Warm start (short run on a tiny model), its cache, and greedy evaluation of the saved folder."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from recipe.copd.toy.evaluate import evaluate_models, format_table, greedy_accuracy, greedy_answers
+from recipe.copd.toy.tasks import make_problems
+from recipe.copd.toy.tokenizer import build_char_tokenizer
+from recipe.copd.toy.warmstart import (
+    IGNORE,
+    batch_counts,
+    collate,
+    encode_examples,
+    lr_at,
+    read_manifest,
+    warm_start,
+)
+
+TINY = dict(steps=20, lr=3e-3, batch_size=16, hidden_size=64, num_layers=2, intermediate_size=128, threads=1)
+
+
+@pytest.fixture(scope="module")
+def warm_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ws") / "warm"
+    warm_start(out, target_acc=None, log=lambda msg: None, **TINY)
+    return out
+
+
+def test_encode_and_collate_supervise_answer_and_eos_only():
+    tokenizer = build_char_tokenizer()
+    (ids, n_prompt), (ids2, n_prompt2) = encode_examples(
+        tokenizer, [{"prompt": "3+4=", "answer": "7"}, {"prompt": "12*3=", "answer": "36"}]
+    )
+    assert ids[n_prompt:] == tokenizer.encode("7", add_special_tokens=False) + [tokenizer.eos_token_id]
+    assert len(ids2) == len(ids) + 2  # one more prompt char and one more answer char
+    batch = collate([(ids, n_prompt), (ids2, n_prompt2)], tokenizer.pad_token_id)
+    labels_B_T, mask_B_T = batch["labels"], batch["attention_mask"]
+    assert labels_B_T.shape == mask_B_T.shape == (2, len(ids2))
+    assert (labels_B_T != IGNORE).sum(1).tolist() == [2, 3]  # "7"+eos and "36"+eos
+    assert mask_B_T.sum(1).tolist() == [len(ids), len(ids2)] and mask_B_T[0, -2:].tolist() == [0, 0]  # right padding
+
+
+def test_batch_counts_follow_the_mix():
+    assert batch_counts(64, {"add": 1, "mul": 2}) == {"add": 21, "mul": 43}  # 21.33 / 42.67: mul gets the spare one
+    assert batch_counts(64, {"add": 1, "mul": 1}) == {"add": 32, "mul": 32}
+    assert batch_counts(10, {"add": 0, "mul": 3}) == {"add": 0, "mul": 10}
+
+
+def test_lr_schedule_warmup_then_cosine_to_a_tenth():
+    assert lr_at(0, 100, 1.0, warmup=5) == pytest.approx(0.2)  # (0 + 1) / 5
+    assert lr_at(5, 100, 1.0, warmup=5) == pytest.approx(1.0)  # cosine starts at the peak
+    assert lr_at(100, 100, 1.0, warmup=5) == pytest.approx(0.1)  # and ends at lr / 10
+    assert lr_at(52, 100, 1.0, warmup=5) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 47 / 95)))
+
+
+def test_warm_start_trains_saves_and_loads(warm_dir):
+    manifest = read_manifest(warm_dir)
+    assert manifest["steps_done"] == 20 and len(manifest["loss_curve"]) == 20
+    curve = manifest["loss_curve"]
+    assert sum(curve[-5:]) / 5 < 0.8 * sum(curve[:5]) / 5  # the loss went down
+    model = AutoModelForCausalLM.from_pretrained(warm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(warm_dir)
+    assert model.config.hidden_size == 64 and model.dtype == torch.float32
+    assert tokenizer.padding_side == "left" and tokenizer.eos_token == "<|im_end|>"
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert not list(warm_dir.parent.glob(".warm.*"))  # no temp folder left behind
+
+
+def test_warm_start_cache_hit_and_miss(warm_dir):
+    stamp = (warm_dir / "model.safetensors").stat().st_mtime_ns
+    logs = []
+    assert warm_start(warm_dir, target_acc=None, log=logs.append, **TINY) == warm_dir
+    assert any("cache hit" in m for m in logs) and (warm_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    other = warm_dir.parent / "other"
+    warm_start(other, target_acc=None, log=lambda msg: None, **{**TINY, "steps": 2})
+    assert read_manifest(other)["hash"] != read_manifest(warm_dir)["hash"]
+
+
+def test_warm_start_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a warm start folder"):
+        warm_start(tmp_path, log=lambda msg: None, **TINY)
+
+
+def test_warm_start_stops_early_at_targets(tmp_path):
+    out = warm_start(tmp_path / "w", target_acc=(0.0, 0.0), eval_every=3, n_val=4, log=lambda m: None, **TINY)
+    manifest = read_manifest(out)
+    assert manifest["steps_done"] == 3 and set(manifest["val_accuracy"]) == {"add", "mul"}
+
+
+def test_batched_greedy_equals_one_by_one(warm_dir):
+    """Left padding must not change greedy answers (prompts of different lengths share a batch)."""
+    model = AutoModelForCausalLM.from_pretrained(warm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(warm_dir)
+    prompts = [p["prompt"] for p in make_problems("add", 3, 0, "test") + make_problems("mul", 3, 0, "test")]
+    batched = greedy_answers(model, tokenizer, prompts, batch_size=6, max_new_tokens=4)
+    assert batched == [greedy_answers(model, tokenizer, [p], max_new_tokens=4)[0] for p in prompts]
+
+
+def test_greedy_accuracy_counts_exact_matches(warm_dir):
+    model = AutoModelForCausalLM.from_pretrained(warm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(warm_dir)
+    problems = make_problems("add", 4, 0, "test")
+    answers = greedy_answers(model, tokenizer, [p["prompt"] for p in problems])
+    # Ground truth replaced by the model's own answers: all correct; by an impossible answer: none.
+    assert (
+        greedy_accuracy(model, tokenizer, [{**p, "answer": a.strip()} for p, a in zip(problems, answers, strict=True)])
+        == 1.0
+    )
+    assert greedy_accuracy(warm_dir, None, [{**p, "answer": "x"} for p in problems]) == 0.0
+
+
+def test_evaluate_models_and_table(warm_dir):
+    problems = {"add": make_problems("add", 4, 0, "test"), "mul": make_problems("mul", 4, 0, "test")}
+    results = evaluate_models({"base": warm_dir, "base again": str(warm_dir)}, problems)
+    assert list(results) == ["base", "base again"] and results["base"] == results["base again"]
+    assert all(0.0 <= acc <= 1.0 for acc in results["base"].values())
+    assert format_table(results).splitlines()[2].startswith("base ")
