@@ -327,6 +327,28 @@ class CoPDTrainer(PPOTrainerSync):
         parts += [f"O_k {tag} {v:.3f}" for tag, v in overlaps.items()]
         print(" | ".join(parts) + f" | {seconds:.1f}s", flush=True)
 
+    def _validate_merged(self, merged: str) -> dict:
+        """Validate the merged model through verl's rollout on every branch's validation data.
+
+        The merged weights are loaded into each trainable branch's actor in turn (the branches were exported
+        already), synced to its rollout servers, and validated by verl's ``_validate`` on that branch's data,
+        so every data source is scored with its own reward. Logged under ``merged/...``.
+        """
+        out = {}
+        for b in self.trainable:
+            if not b.spec.val_files:
+                continue
+            b.actor_rollout_wg.load_hf(merged)
+            b.checkpoint_manager.update_weights(self.global_steps)
+            b.global_steps = self.global_steps
+            b.replay_buffer = self.replay_buffer
+            out.update({f"merged/{k}": v for k, v in b._validate().items()})
+            b.checkpoint_manager.sleep_replicas()
+        if out:
+            self.logger.log(data=out, step=self.global_steps)
+            self._append_metrics(self.global_steps, out)
+        return out
+
     def finish(self) -> dict:
         """Export every branch to HF format and merge the trainable ones into ``merged/``."""
         from copd.merge import merge_checkpoints
@@ -355,6 +377,8 @@ class CoPDTrainer(PPOTrainerSync):
             merge_checkpoints(trainable, merged, method=self.copd.merge_method, weights=weights, base=base,
                               overwrite=True, progress=False)  # fmt: skip
         result = {"branches": paths, "merged": merged, "phases": [list(p) for p in self.schedule.phases()]}
+        if self.config.copd.run.get("validate_merged", True) and any(b.spec.val_files for b in self.trainable):
+            result["merged_val"] = self._validate_merged(merged)
         with open(os.path.join(self.out_dir, "copd_result.json"), "w") as f:
             json.dump(result, f, indent=1, default=str)
         return result

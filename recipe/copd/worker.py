@@ -143,3 +143,22 @@ class CoPDActorRolloutRefWorker(ActorRolloutRefWorker):
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
         return out_dir
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_hf(self, folder: str) -> int:
+        """Load a Hugging Face folder's weights into the actor (e.g. the merged model, to validate it through the
+        rollout). Rank 0 reads the files and broadcasts; returns the number of tensors loaded."""
+        import glob
+
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        state = {}
+        if self.rank == 0:
+            for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+                state.update(load_file(path))
+        module = self.actor.engine.module
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        with self.actor.engine.eval_mode():
+            set_model_state_dict(module, state, options=options)
+        return len(state)
