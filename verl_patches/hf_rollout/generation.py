@@ -65,7 +65,7 @@ def generation_config(params: SamplingParams, max_new_tokens: int, eos_ids: list
     kwargs = dict(
         max_new_tokens=max_new_tokens,
         do_sample=not params.greedy,
-        eos_token_id=None if params.ignore_eos else list(eos_ids),
+        eos_token_id=[] if params.ignore_eos else list(eos_ids),  # None would fall back to the model default
         pad_token_id=pad_id,
         repetition_penalty=params.repetition_penalty,
         return_dict_in_generate=True,

@@ -113,9 +113,9 @@ class HFServer:
         """Generate a response to `prompt_ids` (LLMServerClient.generate's call; see vllm_async_server.generate)."""
         if video_data or kwargs.get("audio_data"):
             raise NotImplementedError("hf rollout serves text and images only; video/audio need the vllm rollout")
-        await self._gate_open.wait()
-        if self._reject:
+        if self._reject:  # the replica is leaving: fail fast instead of parking behind the closed gate
             return self._aborted()
+        await self._gate_open.wait()
         if self._sleeping:
             raise RuntimeError("hf rollout server is asleep: wake it (update weights / wake_up) before generating")
         if self.config.full_determinism:

@@ -1,0 +1,135 @@
+"""HFServer without Ray: batched generate vs a plain forward, sleep/wake, abort gate, bucketed weight sync."""
+
+import asyncio
+import os
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import AutoModelForCausalLM
+
+import verl_patches
+from recipe.copd.toy.model import save_tiny
+
+verl_patches.apply_all()
+
+from verl_patches.hf_rollout.server import HFServer  # noqa: E402
+
+TEMPERATURE = 0.8
+
+
+def compose_trainer_config(model_path: str, *extra: str):
+    """verl's ppo_trainer config with the CPU overrides and the tiny model."""
+    import verl
+
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return compose(
+            config_name="ppo_trainer",
+            overrides=[
+                *verl_patches.cpu_overrides(1),
+                f"actor_rollout_ref.model.path={model_path}",
+                "data.max_prompt_length=32",
+                "data.max_response_length=8",
+                f"actor_rollout_ref.rollout.temperature={TEMPERATURE}",
+                *extra,
+            ],
+        )
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return str(save_tiny(tmp_path_factory.mktemp("tiny") / "model", hidden_size=32, num_layers=2))
+
+
+@pytest.fixture
+def server(model_path):
+    cfg = compose_trainer_config(model_path)
+    return HFServer(cfg.actor_rollout_ref.rollout, cfg.actor_rollout_ref.model, replica_rank=0)
+
+
+def sampling(**kw):
+    return {"temperature": TEMPERATURE, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True, **kw}
+
+
+def forward_log_probs(model, prompt, response):
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
+    return torch.log_softmax(logits / TEMPERATURE, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+def test_concurrent_requests_are_batched_and_log_probs_match_forward(server, model_path):
+    prompts = [[98, 87, 85] + [10 + i] * (1 + i % 4) + [99, 1, 98] for i in range(12)]
+
+    async def run():
+        calls = [
+            server.generate(prompt_ids=p, sampling_params=sampling(), request_id=str(i)) for i, p in enumerate(prompts)
+        ]
+        return await asyncio.gather(*calls)
+
+    outputs = asyncio.run(run())
+    assert server.stats["requests"] == 12 and server.stats["batches"] < 12  # grouped into left-padded batches
+    reference = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa").eval()
+    for prompt, out in zip(prompts, outputs, strict=True):
+        assert out.stop_reason == "completed" and 1 <= len(out.token_ids) <= 8  # response_length 8
+        assert len(out.log_probs) == len(out.token_ids) and "global_steps" in out.extra_fields
+        expected = forward_log_probs(reference, prompt, out.token_ids)
+        torch.testing.assert_close(torch.tensor(out.log_probs), expected, atol=1e-5, rtol=0)
+
+
+def test_log_probs_only_when_asked_and_seeded_requests_reproduce(server):
+    async def run():
+        a = await server.generate(
+            prompt_ids=[5, 6, 7], sampling_params=sampling(logprobs=False, seed=3), request_id="a"
+        )
+        b = await server.generate(
+            prompt_ids=[5, 6, 7], sampling_params=sampling(logprobs=False, seed=3), request_id="b"
+        )
+        return a, b
+
+    a, b = asyncio.run(run())
+    assert a.log_probs is None and a.token_ids == b.token_ids
+
+
+def test_sleep_wake_and_abort_gate(server):
+    async def run():
+        await server.sleep()
+        with pytest.raises(RuntimeError, match="asleep"):
+            await server.generate(prompt_ids=[5, 6], sampling_params=sampling(), request_id="x")
+        await server.wake_up(tags=["weights"])
+        await server.abort_all_requests(reject_request=True)
+        rejected = await server.generate(prompt_ids=[5, 6], sampling_params=sampling(), request_id="y")
+        await server.abort_all_requests()  # without reject: a new request waits for resume_generation
+        waiting = asyncio.create_task(server.generate(prompt_ids=[5, 6], sampling_params=sampling(), request_id="z"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await server.resume_generation()
+        return rejected, await waiting
+
+    rejected, resumed = asyncio.run(run())
+    assert rejected.stop_reason == "aborted" and rejected.token_ids == []
+    assert resumed.stop_reason == "completed" and resumed.token_ids
+
+
+def test_bucketed_weight_update_changes_generation(server, model_path):
+    new = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa").eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(torch.randn_like(p))
+    named = list(new.state_dict().items())
+
+    async def run():
+        await server.update_weights(named[:5], last=False)
+        await server.update_weights(named[5:], last=True, global_steps=7)
+        return await server.generate(prompt_ids=[5, 6, 7], sampling_params=sampling(), request_id="w")
+
+    out = asyncio.run(run())
+    assert out.extra_fields["global_steps"] == 7
+    torch.testing.assert_close(
+        torch.tensor(out.log_probs), forward_log_probs(new, [5, 6, 7], out.token_ids), atol=1e-5, rtol=0
+    )
+    with pytest.raises(RuntimeError, match="incomplete"):
+        asyncio.run(server.update_weights(named[:5], last=True))
+    with pytest.raises(KeyError, match="unknown"):
+        asyncio.run(server.update_weights([("model.nope.weight", torch.zeros(1))], last=False))
