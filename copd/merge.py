@@ -11,9 +11,9 @@ One input is allowed only with task_arithmetic/ties (base + scale * tau extrapol
 weighted need >= 2. Non-float tensors (int/bool buffers) are copied from the first input.
 
 Streaming: all safetensors headers are parsed and checked before anything is written. Each tensor is then merged in
-flat chunks of CHUNK_NUMEL elements: a reader thread preads the chunk's raw bytes from every input into reused
-buffers, the chunk is merged in fp32, cast to the output dtype and appended to the output shard, whose header was
-written first (offsets follow from the known shapes). Peak memory is a few chunks whatever the model size (TIES also
+flat chunks of CHUNK_NUMEL elements: the chunk's raw bytes are pread from every input into reused buffers, merged
+in fp32, cast to the output dtype and appended to the output shard, whose header was written first (offsets follow
+from the known shapes). Peak memory is a few chunks whatever the model size (TIES also
 loads one whole tensor per input for its threshold). Output goes to OUT.tmp-<pid>, renamed to OUT at the end.
 CLI: python -m copd.merge --method average --output OUT IN1 IN2 ... (see main()).
 """
@@ -28,9 +28,7 @@ import re
 import shutil
 import struct
 import sys
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from tqdm import tqdm
 
 METHODS = ("average", "weighted", "task_arithmetic", "ties")
 BASE_METHODS = ("task_arithmetic", "ties")
-CHUNK_NUMEL = 1 << 20  # elements merged at once: small enough to stay in cache, large enough to amortise syscalls
+CHUNK_NUMEL = 1 << 18  # elements merged at once: buffers stay in cache (halves the copy cost vs 1 << 20)
 SINGLE_NAME, INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".index.json")
 ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -263,20 +261,6 @@ def _pread(fd: int, entry: TensorEntry, start: int, out: Tensor) -> Tensor:
     return out
 
 
-def _pipelined(fn: Callable, items: Sequence, depth: int = 2) -> Iterator:
-    """fn(item, slot) for every item, run `depth` items ahead in a worker thread (so reading and merging overlap the
-    writes); yields the results in order. Slots rotate over depth + 1 values: a result built in its slot's buffers
-    stays valid until the next one is requested."""
-    with ThreadPoolExecutor(1) as pool:
-        pending = deque()
-        for i, item in enumerate(items):
-            pending.append(pool.submit(fn, item, i % (depth + 1)))
-            if len(pending) > depth:  # the slot of the result handed out last is the one the next submit reuses
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 def _scratch(buffers: dict, role: object, dtype: torch.dtype, count: int) -> Tensor:
     """A flat buffer reused across chunks by role: fresh big allocations would page-fault on every chunk."""
     if role not in buffers or buffers[role].numel() < count or buffers[role].dtype != dtype:
@@ -330,13 +314,13 @@ class _Job:
 
 
 def _chunk_merger(job: _Job, fds: Mapping[Path, int]) -> Callable:
-    """fn((key, sources, start, count), slot) for _pipelined: reads one chunk of one tensor from every source (inputs,
-    then the base), merges and casts it in the slot's buffers; non-float tensors come from the first input."""
+    """fn((key, sources, start, count)) reading one chunk of one tensor from every source (inputs, then the base),
+    merging and casting it in reused buffers (valid until the next call); non-float tensors: the first input's."""
     buffers, ties_cache, k = {}, {}, len(job.weights_K)
 
-    def merge_chunk(item: tuple, slot: int) -> Tensor:
+    def merge_chunk(item: tuple) -> Tensor:
         key, sources, start, count = item
-        chunks = [_pread(fds[e.path], e, start, _scratch(buffers, (slot, j), ST_DTYPES[e.dtype], count))
+        chunks = [_pread(fds[e.path], e, start, _scratch(buffers, j, ST_DTYPES[e.dtype], count))
                   for j, e in enumerate(sources)]  # fmt: skip
         if sources[0].dtype not in FLOAT_CODES:
             return chunks[0]
@@ -347,11 +331,11 @@ def _chunk_merger(job: _Job, fds: Mapping[Path, int]) -> Callable:
             base_N = whole(sources[k])
             ties_cache.clear()
             ties_cache[key] = [ties_threshold(whole(e) - base_N, job.density) for e in sources[:k]]
-        acc = _scratch(buffers, (slot, "acc"), acc_dtype, count)
+        acc = _scratch(buffers, "acc", acc_dtype, count)
         base = chunks[k] if job.needs_base else None
         acc = merge_flat(job.method, chunks[:k], job.weights_K, base, job.scale, ties_cache.get(key), out=acc)
         out_dtype = ST_DTYPES[job.out_code or sources[0].dtype]
-        return acc if out_dtype == acc_dtype else _scratch(buffers, (slot, "out"), out_dtype, count).copy_(acc)
+        return acc if out_dtype == acc_dtype else _scratch(buffers, "out", out_dtype, count).copy_(acc)
 
     return merge_chunk
 
@@ -369,7 +353,7 @@ def _write_merged(tmp: Path, scans: Sequence[dict[str, TensorEntry]], job: _Job,
     items = {key: [(key, srcs, start, min(CHUNK_NUMEL, numel - start)) for start in range(0, numel, CHUNK_NUMEL)]
              for key, srcs in sources.items() for numel in [math.prod(srcs[0].shape)]}  # fmt: skip
     fds = {path: os.open(path, os.O_RDONLY) for path in {e.path for srcs in sources.values() for e in srcs}}
-    merged = _pipelined(_chunk_merger(job, fds), [item for key_items in items.values() for item in key_items])
+    merged = map(_chunk_merger(job, fds), (item for key_items in items.values() for item in key_items))
     try:
         with tqdm(total=len(first), unit="tensor", desc="merge", disable=not progress) as bar:
 
@@ -382,7 +366,6 @@ def _write_merged(tmp: Path, scans: Sequence[dict[str, TensorEntry]], job: _Job,
                 specs = [(key, codes[key], first[key].shape, nbytes[key]) for key in names]
                 write_shard(tmp / file, specs, shard_chunks(names))
     finally:
-        merged.close()  # waits for in-flight chunks before their files are closed
         for fd in fds.values():
             os.close(fd)
     if n > 1:
@@ -488,8 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
-    # memory-bound work on ~4 MB chunks: OpenMP threads only add barrier waits (dire on a loaded machine); the
-    # reader thread already overlaps the disk with this one
+    # memory-bound work on ~1 MB chunks (and the kernel's readahead overlaps the disk): OpenMP threads only add
+    # barrier waits, dire on a loaded machine
     torch.set_num_threads(1)
     try:
         merge_checkpoints(args.inputs, args.output, args.method, _parse_weights(args.weights), args.base,
