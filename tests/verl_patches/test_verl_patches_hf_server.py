@@ -133,3 +133,89 @@ def test_bucketed_weight_update_changes_generation(server, model_path):
         asyncio.run(server.update_weights(named[:5], last=True))
     with pytest.raises(KeyError, match="unknown"):
         asyncio.run(server.update_weights([("model.nope.weight", torch.zeros(1))], last=False))
+
+
+def build_tiny_qwen2_vl(path):
+    """A random Qwen2-VL over the char vocabulary: ids 96/100/94 serve as vision start / image pad / vision end."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from recipe.copd.toy.tokenizer import build_char_tokenizer
+
+    text = dict(
+        vocab_size=101,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        bos_token_id=97,
+        eos_token_id=99,
+        pad_token_id=97,
+    )
+    vision = dict(
+        depth=1,
+        embed_dim=16,
+        hidden_size=32,
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        in_chans=3,
+        mlp_ratio=2,
+    )
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=100,
+        video_token_id=95,
+        vision_start_token_id=96,
+        vision_end_token_id=94,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = 99, 97
+    model.save_pretrained(path)
+    build_char_tokenizer().save_pretrained(path)
+    return model
+
+
+def test_image_request_uses_the_processor_and_matches_forward(tmp_path):
+    import types
+
+    import numpy as np
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessorPil
+    from verl.utils.config import omega_conf_to_dataclass
+
+    build_tiny_qwen2_vl(tmp_path / "vl")
+    cfg = compose_trainer_config(str(tmp_path / "vl"), "data.max_prompt_length=64")
+    model_config = omega_conf_to_dataclass(cfg.actor_rollout_ref.model)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    model_config.processor = types.SimpleNamespace(image_processor=image_processor)  # no torchvision: no full processor
+    server = HFServer(cfg.actor_rollout_ref.rollout, model_config)
+    image = Image.fromarray((np.random.RandomState(0).rand(56, 56, 3) * 255).astype(np.uint8))
+    pixels = image_processor(images=[image], return_tensors="pt")
+    n_pad = int(pixels["image_grid_thw"].prod()) // 4  # 2x2 patches merge into one image token
+    prompt = [98, 10, 96] + [100] * n_pad + [94, 11, 12]  # the agent loop sends the expanded image tokens
+
+    async def run():
+        image_call = server.generate(prompt_ids=prompt, sampling_params=sampling(), request_id="i", image_data=[image])
+        text_call = server.generate(prompt_ids=[5, 6, 7], sampling_params=sampling(), request_id="t")
+        return await asyncio.gather(image_call, text_call)
+
+    out, text_out = asyncio.run(run())
+    assert text_out.token_ids and server.stats["batches"] == 2  # an image request runs alone
+    full = torch.tensor([prompt + out.token_ids])
+    modality = (full == 100).int()  # 1 marks image tokens (M-RoPE positions)
+    with torch.no_grad():
+        logits = server.model(input_ids=full, mm_token_type_ids=modality, **pixels).logits[0, len(prompt) - 1 : -1]
+        blind = server.model(input_ids=full, mm_token_type_ids=modality * 0).logits[0, len(prompt) - 1 : -1]
+    index = torch.tensor(out.token_ids)[:, None]
+    expected = torch.log_softmax(logits / TEMPERATURE, -1).gather(-1, index)[:, 0]
+    torch.testing.assert_close(torch.tensor(out.log_probs), expected, atol=1e-5, rtol=0)
+    without_image = torch.log_softmax(blind / TEMPERATURE, -1).gather(-1, index)[:, 0]
+    assert (without_image - expected).abs().max() > 1e-3  # the pixels reached the model

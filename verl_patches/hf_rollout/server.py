@@ -134,7 +134,7 @@ class HFServer:
             max_tokens,
             params,
             bool(sampling_params.get("logprobs", False)),
-            self._image_inputs(image_data),
+            self._image_inputs(prompt_ids, image_data),
             asyncio.get_running_loop().create_future(),
         )
         self._queue.append(request)
@@ -143,12 +143,20 @@ class HFServer:
             self._batcher = asyncio.create_task(self._run_batches())
         return await request.done
 
-    def _image_inputs(self, image_data) -> dict | None:
+    def _image_inputs(self, prompt_ids: list[int], image_data) -> dict | None:
+        """Processor outputs for the images, plus the per-token modality ids M-RoPE models need (0 text, 1 image,
+        2 video). `prompt_ids` already hold the expanded image tokens (verl's agent loop tokenizes with the
+        processor), so only the pixels are processed here."""
         if not image_data:
             return None
         if self.processor is None or not hasattr(self.processor, "image_processor"):
             raise ValueError("hf rollout got image_data but the model has no image processor (model.path)")
-        return dict(self.processor.image_processor(images=image_data, return_tensors="pt"))
+        inputs = dict(self.processor.image_processor(images=image_data, return_tensors="pt"))
+        config = self.model.config
+        image_id, video_id = getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)
+        types = [1 if t == image_id else 2 if t == video_id else 0 for t in prompt_ids]
+        inputs["mm_token_type_ids"] = torch.tensor([types], dtype=torch.int)
+        return inputs
 
     async def _run_batches(self) -> None:
         """Collect the requests that arrive together, then generate them group by group; repeat until idle."""
