@@ -228,7 +228,11 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
         header = json.loads(f.read(header_len))
     header.pop("__metadata__", None)
     items = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
-    start = 8 + header_len
+    start, end = 8 + header_len, 8 + header_len + max((v["data_offsets"][1] for v in header.values()), default=0)
+    if end > path.stat().st_size:
+        raise ValueError(f"{path} is truncated ({path.stat().st_size} bytes, its header needs {end}): re-save it")
+    if unknown := {v["dtype"] for v in header.values()} - set(ST_DTYPES):
+        raise ValueError(f"{path} has dtypes {sorted(unknown)} that copd.merge does not support")
     return {k: TensorEntry(path, v["dtype"], tuple(v["shape"]), start + v["data_offsets"][0]) for k, v in items}
 
 
