@@ -12,9 +12,10 @@ weighted need >= 2. Non-float tensors (int/bool buffers) are copied from the fir
 
 Streaming: all safetensors headers are parsed and checked before anything is written. Each tensor is then merged in
 flat chunks of CHUNK_NUMEL elements: the chunk's raw bytes are pread from every input into reused buffers, merged
-in fp32, cast to the output dtype and appended to the output shard, whose header was written first (offsets follow
-from the known shapes). Peak memory is a few chunks whatever the model size (TIES also
-loads one whole tensor per input for its threshold). Output goes to OUT.tmp-<pid>, renamed to OUT at the end.
+in fp32, cast to the output dtype and pwritten at its place in the output shard, whose header is written first
+(offsets follow from the known shapes); `threads` workers each take a contiguous run of a shard's tensors. Peak
+memory is a few chunks per worker whatever the model size (TIES also loads one whole tensor per input for its
+threshold). Output goes to OUT.tmp-<pid>, renamed to OUT at the end; the temp folder is removed on failure.
 CLI: python -m copd.merge --method average --output OUT IN1 IN2 ... (see main()).
 """
 
@@ -29,6 +30,7 @@ import shutil
 import struct
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,21 +286,46 @@ def plan_shards(sizes: Sequence[tuple[str, int]], max_shard_bytes: int) -> list[
     return shards + [current] if current or not shards else shards
 
 
-def write_shard(path: Path, specs: Sequence[tuple[str, str, tuple[int, ...], int]], chunks: Iterator) -> None:
-    """Write one safetensors file: the header from (name, dtype, shape, nbytes), then the bytes of `chunks` in order."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
+def write_shard(path: Path, specs: Sequence[tuple[str, str, tuple[int, ...], int]], make_source: Callable,
+                threads: int = 1) -> None:  # fmt: skip
+    """Write one safetensors file: the header from (name, dtype, shape, nbytes), then each tensor's bytes at its
+    offset. `threads` workers take contiguous runs of tensors of about equal size; each calls make_source() for its
+    own name -> chunks function (so buffers are never shared) and pwrites the chunks."""
+    header, offsets, offset = {"__metadata__": {"format": "pt"}}, [], 0
     for name, dtype, shape, nbytes in specs:
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offsets.append(offset)
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # safetensors aligns the data to 8 bytes
-    written = 0
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for chunk in chunks:
-            written += f.write(chunk.reshape(-1).view(torch.uint8).numpy())
-    if written != offset:
-        raise RuntimeError(f"wrote {written} data bytes to {path}, expected {offset}")
+    data_start, total = 8 + len(blob), max(offset, 1)
+    runs = [[] for _ in range(threads)]
+    for spec, start in zip(specs, offsets, strict=True):
+        runs[start * threads // total].append((spec, data_start + start))
+
+    def write_run(run: list) -> None:
+        chunks_of = make_source()
+        for (name, _, _, nbytes), pos in run:
+            end = pos + nbytes
+            for chunk in chunks_of(name):
+                pos += _pwrite(fd, chunk.reshape(-1).view(torch.uint8).numpy(), pos)
+            if pos != end:
+                raise RuntimeError(f"wrote {nbytes - end + pos} bytes of {name} to {path}, expected {nbytes}")
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _pwrite(fd, struct.pack("<Q", len(blob)) + blob, 0)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(write_run, runs))
+    finally:
+        os.close(fd)
+
+
+def _pwrite(fd: int, data, pos: int) -> int:
+    view, done = memoryview(data).cast("B"), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], pos + done)
+    return done
 
 
 # ---------------------------------------------------------------- checkpoint merge
@@ -317,34 +344,37 @@ class _Job:
         return self.method == "ties" or (self.method == "task_arithmetic" and self.scale != 1.0)
 
 
-def _chunk_merger(job: _Job, fds: Mapping[Path, int]) -> Callable:
-    """fn((key, sources, start, count)) reading one chunk of one tensor from every source (inputs, then the base),
-    merging and casting it in reused buffers (valid until the next call); non-float tensors: the first input's."""
-    buffers, ties_cache, k = {}, {}, len(job.weights_K)
+def _tensor_merger(job: _Job, fds: Mapping[Path, int], sources: Mapping[str, list], bar: tqdm) -> Callable:
+    """A name -> chunks function: reads each chunk of the tensor from every source (inputs, then the base), merges
+    and casts it in reused buffers (valid until the next chunk); non-float tensors come from the first input."""
+    buffers, k = {}, len(job.weights_K)
 
-    def merge_chunk(item: tuple) -> Tensor:
-        key, sources, start, count = item
-        chunks = [_pread(fds[e.path], e, start, _scratch(buffers, j, ST_DTYPES[e.dtype], count))
-                  for j, e in enumerate(sources)]  # fmt: skip
-        if sources[0].dtype not in FLOAT_CODES:
-            return chunks[0]
-        acc_dtype = _acc_dtype(chunks[0].dtype)
-        if job.method == "ties" and key not in ties_cache:  # the threshold is per whole tensor: one at a time
-            numel, dtype = math.prod(sources[0].shape), chunks[0].dtype
+    def tensor_chunks(key: str) -> Iterator[Tensor]:
+        srcs, numel = sources[key], math.prod(sources[key][0].shape)
+        dtype = ST_DTYPES[srcs[0].dtype]
+        acc_dtype, out_dtype = _acc_dtype(dtype), ST_DTYPES[job.out_code or srcs[0].dtype]
+        thresholds_K = None
+        if job.method == "ties" and srcs[0].dtype in FLOAT_CODES:  # the threshold is per whole tensor
             whole = lambda e: _pread(fds[e.path], e, 0, torch.empty(numel, dtype=dtype)).to(acc_dtype)
-            base_N = whole(sources[k])
-            ties_cache.clear()
-            ties_cache[key] = [ties_threshold(whole(e) - base_N, job.density) for e in sources[:k]]
-        acc = _scratch(buffers, "acc", acc_dtype, count)
-        base = chunks[k] if job.needs_base else None
-        acc = merge_flat(job.method, chunks[:k], job.weights_K, base, job.scale, ties_cache.get(key), out=acc)
-        out_dtype = ST_DTYPES[job.out_code or sources[0].dtype]
-        return acc if out_dtype == acc_dtype else _scratch(buffers, "out", out_dtype, count).copy_(acc)
+            base_N = whole(srcs[k])
+            thresholds_K = [ties_threshold(whole(e) - base_N, job.density) for e in srcs[:k]]
+        for start in range(0, numel, CHUNK_NUMEL):
+            count = min(CHUNK_NUMEL, numel - start)
+            chunks = [_pread(fds[e.path], e, start, _scratch(buffers, j, dtype, count)) for j, e in enumerate(srcs)]
+            if srcs[0].dtype not in FLOAT_CODES:
+                yield chunks[0]
+                continue
+            base = chunks[k] if job.needs_base else None
+            acc = _scratch(buffers, "acc", acc_dtype, count)
+            acc = merge_flat(job.method, chunks[:k], job.weights_K, base, job.scale, thresholds_K, out=acc)
+            yield acc if out_dtype == acc_dtype else _scratch(buffers, "out", out_dtype, count).copy_(acc)
+        bar.update(1)
 
-    return merge_chunk
+    return tensor_chunks
 
 
-def _write_merged(tmp: Path, scans: Sequence[dict[str, TensorEntry]], job: _Job, max_shard_bytes: int, progress: bool):
+def _write_merged(tmp: Path, scans: Sequence[dict[str, TensorEntry]], job: _Job, max_shard_bytes: int, progress: bool,
+                  threads: int) -> None:  # fmt: skip
     """Write the merged shards (and the index when there are several) into tmp, in the first input's tensor order."""
     first, k = scans[0], len(job.weights_K)
     floats = {key for key, e in first.items() if e.dtype in FLOAT_CODES}
@@ -354,21 +384,12 @@ def _write_merged(tmp: Path, scans: Sequence[dict[str, TensorEntry]], job: _Job,
     shards = plan_shards(list(nbytes.items()), max_shard_bytes)
     n = len(shards)
     files = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    items = {key: [(key, srcs, start, min(CHUNK_NUMEL, numel - start)) for start in range(0, numel, CHUNK_NUMEL)]
-             for key, srcs in sources.items() for numel in [math.prod(srcs[0].shape)]}  # fmt: skip
     fds = {path: os.open(path, os.O_RDONLY) for path in {e.path for srcs in sources.values() for e in srcs}}
-    merged = map(_chunk_merger(job, fds), (item for key_items in items.values() for item in key_items))
     try:
         with tqdm(total=len(first), unit="tensor", desc="merge", disable=not progress) as bar:
-
-            def shard_chunks(names: Sequence[str]) -> Iterator[Tensor]:
-                for key in names:
-                    yield from (next(merged) for _ in items[key])
-                    bar.update(1)
-
             for file, names in zip(files, shards, strict=True):
                 specs = [(key, codes[key], first[key].shape, nbytes[key]) for key in names]
-                write_shard(tmp / file, specs, shard_chunks(names))
+                write_shard(tmp / file, specs, lambda: _tensor_merger(job, fds, sources, bar), threads)
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -405,17 +426,18 @@ def _replace(tmp: Path, out: Path) -> None:
 def merge_checkpoints(inputs: Sequence[str | Path], output: str | Path, method: str = "average",
                       weights: Sequence[float] | None = None, base: str | Path | None = None, density: float = 0.2,
                       scale: float = 1.0, max_shard_bytes: int = 5 * 10**9, dtype: str | torch.dtype | None = None,
-                      progress: bool = True, overwrite: bool = False) -> Path:  # fmt: skip
+                      progress: bool = True, overwrite: bool = False, threads: int = 2) -> Path:  # fmt: skip
     """Merge K checkpoint folders into `output` (see the module docstring); all checks run before anything is written.
 
-    dtype: None/"auto" keeps the inputs' float dtype, else "fp32"/"bf16"/"fp16" (or the torch dtype).
+    dtype: None/"auto" keeps the inputs' float dtype, else "fp32"/"bf16"/"fp16" (or the torch dtype). threads: workers
+    per shard, each reading, merging and writing its own contiguous run of tensors (no buffer crosses a core).
     """
     folders, out = [Path(p) for p in inputs], Path(output)
     _check_method_args(method, len(folders), base is not None, weights, density, scale)
     if dtype not in OUT_DTYPES and dtype is not None:
         raise ValueError(f"unsupported output dtype {dtype!r}: use auto, fp32, bf16 or fp16")
-    if max_shard_bytes <= 0:
-        raise ValueError(f"max shard size must be positive, got {max_shard_bytes}")
+    if max_shard_bytes <= 0 or threads < 1:
+        raise ValueError(f"max shard size and threads must be positive, got {max_shard_bytes} and {threads}")
     job = _Job(method, normalize_weights(weights, len(folders)), density, scale, OUT_DTYPES.get(dtype))
     all_folders = folders + ([Path(base)] if base is not None else [])
     scans = [scan_checkpoint(f) for f in all_folders]
@@ -426,7 +448,7 @@ def merge_checkpoints(inputs: Sequence[str | Path], output: str | Path, method: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_merged(tmp, scans, job, max_shard_bytes, progress)
+        _write_merged(tmp, scans, job, max_shard_bytes, progress, threads)
         _copy_side_files(folders[0], tmp, job.out_code)
         _replace(tmp, out)
     except BaseException:  # never leave a half-written output behind, then re-raise
@@ -472,16 +494,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--task-scale", type=float, default=1.0, help="task_arithmetic/ties: task vector scale")
     p.add_argument("--shard-size", default="5GB", help="max output shard size, e.g. 5GB, 500MB, 2GiB")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="output float dtype")
+    p.add_argument("--threads", type=int, default=2, help="worker threads, each merging its own run of tensors")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
-    # memory-bound work on ~1 MB chunks (and the kernel's readahead overlaps the disk): OpenMP threads only add
-    # barrier waits, dire on a loaded machine
+    # memory-bound work on ~1 MB chunks, parallel over --threads workers: OpenMP threads inside each op would only
+    # add barrier waits (dire on a loaded machine)
     torch.set_num_threads(1)
     try:
         merge_checkpoints(args.inputs, args.output, args.method, _parse_weights(args.weights), args.base,
                           args.ties_density, args.task_scale, parse_size(args.shard_size), args.dtype,
-                          progress=not args.no_progress, overwrite=args.overwrite)  # fmt: skip
+                          progress=not args.no_progress, overwrite=args.overwrite, threads=args.threads)  # fmt: skip
     except ValueError as err:
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -168,6 +168,14 @@ def test_chunked_stream_equals_in_memory_merge(ckpts, tmp_path, monkeypatch, met
     assert all(torch.allclose(merged[k], expected[k], rtol=1e-6, atol=1e-7) for k in expected)
 
 
+def test_thread_count_does_not_change_the_bytes(ckpts, tmp_path):
+    for threads in (1, 3):
+        merge_checkpoints(ckpts[:2], tmp_path / f"t{threads}", max_shard_bytes=30_000, progress=False, threads=threads)
+    files = sorted(p.name for p in (tmp_path / "t1").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "t3").iterdir())
+    assert all((tmp_path / "t1" / f).read_bytes() == (tmp_path / "t3" / f).read_bytes() for f in files)
+
+
 def test_single_file_bf16_and_dtype_override(tmp_path):
     a = make_ckpt(tmp_path / "a", 0, torch.bfloat16, shard="10MB", tie_word_embeddings=True)
     b = make_ckpt(tmp_path / "b", 1, torch.bfloat16, shard="10MB", tie_word_embeddings=True)
@@ -230,6 +238,7 @@ REFUSALS = {
     "density": (lambda a, b, t: dict(method="ties", base=b, density=0.0), r"density must be in \(0, 1\]"),
     "method": (lambda a, b, t: dict(method="slerp"), "unknown merge method"),
     "dtype": (lambda a, b, t: dict(dtype="int8"), "unsupported output dtype"),
+    "threads": (lambda a, b, t: dict(threads=0), "threads must be positive"),
     "output inside input": (lambda a, b, t: dict(output=a / "merged"), "overlaps input"),
 }
 
