@@ -64,6 +64,7 @@ def cpu_overrides(n_workers: int) -> list[str]:
         overrides += [
             f"actor_rollout_ref.{role}.strategy=fsdp2",
             f"actor_rollout_ref.{role}.use_torch_compile=False",
+            f"actor_rollout_ref.{role}.fsdp_config.use_torch_compile=False",  # the engine's own switch (entropy)
             f"actor_rollout_ref.{role}.fsdp_config.dtype=float32",
             f"++actor_rollout_ref.{role}.fsdp_config.mixed_precision.param_dtype=fp32",
         ]

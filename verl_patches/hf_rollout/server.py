@@ -7,10 +7,10 @@ settings and splits the results), and takes weights from the trainer in buckets.
 """
 
 import asyncio
-import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,8 +20,6 @@ from verl.workers.rollout.replica import TokenOutput
 from verl_patches.hf_rollout.generation import SamplingParams, generate_batch, resolve_max_tokens
 from verl_patches.overrides import HF_THREADS_ENV
 
-logger = logging.getLogger(__name__)
-
 #: Env knob: how long (ms) the batcher waits for more requests after the last one arrived.
 BATCH_WAIT_ENV = "VERL_PATCHES_HF_BATCH_WAIT_MS"
 #: Env knob: "1" prints one line per generated batch (size, seconds) to the server's log.
@@ -30,12 +28,16 @@ LOG_BATCHES_ENV = "VERL_PATCHES_HF_LOG_BATCHES"
 MAX_WAIT_WINDOWS = 10
 
 
+@dataclass(eq=False)
 class _Request:
     """One queued generate call; `done` receives its TokenOutput."""
 
-    def __init__(self, prompt_ids, max_tokens, params, want_log_probs, extra_inputs, done):
-        self.prompt_ids, self.max_tokens, self.params = prompt_ids, max_tokens, params
-        self.want_log_probs, self.extra_inputs, self.done = want_log_probs, extra_inputs, done
+    prompt_ids: list[int]
+    max_tokens: int
+    params: SamplingParams
+    want_log_probs: bool
+    extra_inputs: dict | None  # processor outputs of an image request
+    done: asyncio.Future
 
     def batch_key(self):
         """Requests batch together when their sampling is equal; seeded or multimodal ones run alone."""
@@ -160,15 +162,15 @@ class HFServer:
 
     async def _run_batches(self) -> None:
         """Collect the requests that arrive together, then generate them group by group; repeat until idle."""
+        loop = asyncio.get_running_loop()
         while self._queue:
-            waited = 0.0
-            while len(self._queue) < self.max_batch and waited < MAX_WAIT_WINDOWS * self.batch_wait_s:
+            deadline = loop.time() + MAX_WAIT_WINDOWS * self.batch_wait_s
+            while len(self._queue) < self.max_batch and loop.time() < deadline:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), timeout=self.batch_wait_s)
                 except asyncio.TimeoutError:
                     break  # quiet for one window: everything that came together is here
-                waited += self.batch_wait_s
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             groups: dict[Any, list[_Request]] = {}
             for request in batch:
