@@ -111,11 +111,11 @@ def plot_training(
     """Write `reward.png` (reward per step per branch) and `overlap.png` (top-k overlap, and symmetric KL when logged,
     per pair) into `out_png_dir`; a figure with no series is skipped. Returns the written paths.
 
-    `phases` are `(cycle, phase, start_step, end_step)` spans with phase "rl" or "opd"; None derives them from the
-    metrics' `copd/phase` and `copd/cycle`.
+    `phases` are `(cycle, phase, start_step, end_step)` spans with phase "rl" or "opd"; None or an empty list derives
+    them from the metrics' `copd/phase` and `copd/cycle` (no shading when those are absent too).
     """
     rows = read_metrics(metrics_jsonl_path)
-    phases = phases_from_metrics(rows) if phases is None else list(phases)
+    phases = list(phases) if phases else phases_from_metrics(rows)
     out_dir = Path(out_png_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

@@ -90,3 +90,13 @@ def test_plot_training_with_given_phases_and_missing_series(tmp_path):
 def test_plot_training_with_no_known_series_writes_nothing(tmp_path):
     metrics = _write_metrics(tmp_path / "metrics.jsonl", [{"step": 1, "other": 3.0}])
     assert plot_training(metrics, tmp_path / "plots") == []
+
+
+def test_plot_training_empty_phase_list_derives_phases(tmp_path, monkeypatch):
+    import recipe.copd.plots as plots
+
+    seen = []
+    monkeypatch.setattr(plots, "_shade", lambda ax, phases: seen.append(phases))
+    metrics = _write_metrics(tmp_path / "metrics.jsonl", _rows())
+    plot_training(metrics, tmp_path / "plots", phases=[])
+    assert seen and all(p == phases_from_metrics(_rows()) for p in seen)

@@ -165,3 +165,20 @@ def test_format_table_rows_columns_and_mean():
 def test_read_problems_accepts_path_like(tmp_path):
     path = write_verl_parquet(tmp_path / "x.parquet", "mul", 3, seed=2, split="val")
     assert read_problems(str(path)) == read_problems(Path(path)) == make_problems("mul", 3, 2, "val")
+
+
+def test_reward_file_loads_alone_without_heavy_imports():
+    """verl loads the reward by file path in every reward worker: it must not pull torch or transformers."""
+    import subprocess
+    import sys
+
+    import recipe.copd.toy.reward as reward
+
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('toy_reward', {reward.__file__!r})\n"
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+        "assert mod.compute_score('copd_toy/mul', '222', '222') == 1.0\n"
+        "assert not {'torch', 'transformers', 'verl'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,8 +3,13 @@
 A skill whose greedy accuracy starts below ~15% does not improve under GRPO here (see
 shared/docs/offline-models-and-data.md), so the base model of the embedded default is first trained by next-token
 cross-entropy on chat-formatted `prompt + answer + <|im_end|>`, with the loss on the answer and end tokens only, over
-the two skills' TRAIN problems mixed `mix` = add:mul. It is stopped early on purpose: both skills must stay imperfect
-so that RL and distillation have something to do. The result is an HF folder cached by a hash of its arguments.
+the two skills' TRAIN problems mixed `mix` = add:mul. It stops early on purpose, at the first validation check where
+every skill reached its target greedy accuracy, so that both stay imperfect and RL and distillation have something to
+do. Measured at the defaults (seed 0): stop at step 775, held-out greedy accuracy add 0.46, mul 0.43. Addition is
+learned late and abruptly (about 0.05 -> 0.7 within 150 steps), which is why the stop is driven by accuracy, not by a
+fixed step count. Multiplication has only 720 operand pairs (471 in TRAIN): the model memorises them (train accuracy
+0.92 at the stop, 0.81 when sampled at temperature 1) while generalising to held-out pairs more slowly.
+The result is an HF folder cached by a hash of its arguments.
 """
 
 from __future__ import annotations
@@ -156,22 +161,34 @@ def _save_atomically(model, tokenizer, out_dir: Path, manifest: dict) -> None:
 def warm_start(
     out_dir: str | Path,
     *,
-    steps: int = 500,
+    steps: int = 1000,
     lr: float = 2e-3,
     batch_size: int = 64,
     mix: tuple[int, int] = (1, 2),
     seed: int = 0,
     hidden_size: int = 128,
-    num_layers: int = 3,
-    intermediate_size: int | None = 512,
-    target_acc: tuple[float, float] | None = (0.5, 0.3),
-    eval_every: int = 50,
-    n_val: int = 100,
+    num_layers: int = 4,
+    intermediate_size: int | None = 256,
+    target_acc: tuple[float, float] | None = (0.4, 0.2),
+    eval_every: int = 25,
+    n_val: int = 200,
     threads: int = 2,
     time_budget_s: float | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Build the char tokenizer and tiny Qwen3, train them on both skills, save an HF folder at `out_dir`.
+    """Build the char tokenizer and tiny Qwen3 (~0.62M parameters at the defaults), train them on both skills, save an
+    HF folder (model, tokenizer, generation config, manifest `copd_warmstart.json`) at `out_dir`, atomically.
+
+    steps: the most optimizer steps (the cosine schedule spans them; the target stop usually comes first).
+    lr: peak AdamW learning rate (5% linear warm-up, cosine decay to lr / 10).
+    batch_size: sequences per step, split between the skills by `mix`.
+    mix: (add, mul) weights of the batch.
+    seed: seeds the weights and the batch sampling (problems and splits are fixed per seed in `tasks`).
+    hidden_size, num_layers, intermediate_size: the tiny Qwen3's size (heads: hidden / 32, kv heads: hidden / 64).
+    target_acc: (add, mul) greedy VAL accuracies at which training stops; None trains all `steps`.
+    eval_every: steps between validation checks. n_val: VAL problems per skill per check.
+    threads: torch CPU threads. time_budget_s: stop after this many seconds of training (None: no limit).
+    log: where progress lines go.
 
     Cached: when `out_dir` holds a manifest whose argument hash matches, returns at once. `threads` and `log` are left
     out of the hash (they change speed and output, not the recipe); `time_budget_s` is in it, since it can stop the
