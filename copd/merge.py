@@ -30,9 +30,10 @@ import shutil
 import struct
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Event
 
 import torch
 from torch import Tensor
@@ -79,7 +80,7 @@ def ties_threshold(tau: Tensor, density: float) -> float:
     abs_N = tau.reshape(-1).abs()
     n = abs_N.numel()
     k = min(n, max(1, math.ceil(density * n)))
-    return abs_N.kthvalue(n - k + 1).values.item()
+    return abs_N.kthvalue(n - k + 1).values.item() if n else 0.0
 
 
 def merge_flat(method: str, tensors_K: Sequence[Tensor], weights_K: Sequence[float], base: Tensor | None = None,
@@ -308,16 +309,21 @@ def write_shard(path: Path, specs: Sequence[tuple[str, str, tuple[int, ...], int
         for (name, _, _, nbytes), pos in run:
             end = pos + nbytes
             for chunk in chunks_of(name):
+                if stop.is_set():  # another worker failed or the caller was interrupted
+                    return
                 pos += _pwrite(fd, chunk.reshape(-1).view(torch.uint8).numpy(), pos)
             if pos != end:
                 raise RuntimeError(f"wrote {nbytes - end + pos} bytes of {name} to {path}, expected {nbytes}")
 
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd, stop, pool = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), Event(), ThreadPoolExecutor(threads)
     try:
         _pwrite(fd, struct.pack("<Q", len(blob)) + blob, 0)
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(write_run, runs))
+        done, _ = wait([pool.submit(write_run, run) for run in runs], return_when=FIRST_EXCEPTION)
+        for future in done:
+            future.result()  # re-raises a worker's error
     finally:
+        stop.set()  # the other workers stop at their next chunk, not at the end of their run
+        pool.shutdown()
         os.close(fd)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from copd import merge as M
@@ -166,6 +166,24 @@ def test_chunked_stream_equals_in_memory_merge(ckpts, tmp_path, monkeypatch, met
     expected = merge_state_dicts([load_folder(a), load_folder(b)], method, **kwargs)
     merged = load_folder(tmp_path / "out")
     assert all(torch.allclose(merged[k], expected[k], rtol=1e-6, atol=1e-7) for k in expected)
+
+
+@pytest.mark.parametrize("method", ["average", "ties"])
+def test_odd_tensors_stream_like_in_memory(tmp_path, method):
+    """0-d, empty and integer tensors: floats are merged, integers come from the first input."""
+    sds = []
+    for i, folder in enumerate(["a", "b", "base"]):
+        torch.manual_seed(i)
+        sd = {"w": torch.randn(5, 3), "empty": torch.zeros(0, 4), "scalar": torch.randn(()), "ids": torch.arange(6) + i}
+        (tmp_path / folder).mkdir()
+        save_file(sd, tmp_path / folder / "model.safetensors")
+        sds.append(sd)
+    base = tmp_path / "base" if method == "ties" else None
+    merge_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "out", method, base=base, progress=False)
+    expected = merge_state_dicts(sds[:2], method, base_state_dict=sds[2] if base else None)
+    merged = load_folder(tmp_path / "out")
+    assert merged.keys() == expected.keys() and torch.equal(merged["ids"], sds[0]["ids"])
+    assert all(merged[k].shape == v.shape and torch.allclose(merged[k], v, atol=1e-7) for k, v in expected.items())
 
 
 def test_thread_count_does_not_change_the_bytes(ckpts, tmp_path):
