@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import struct
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -504,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind (and remove the temp folder) on kill too
     # memory-bound work on ~1 MB chunks, parallel over --threads workers: OpenMP threads inside each op would only
     # add barrier waits (dire on a loaded machine)
     torch.set_num_threads(1)
@@ -514,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the temp folder is already gone
+        print(f"{p.prog}: interrupted, nothing written", file=sys.stderr)
+        return 130
     return 0
 
 
