@@ -24,7 +24,8 @@ def toy_report(config: DictConfig, copd: CoPDConfig, result: dict, files: dict, 
     tests = {skill: paths["test"] for skill, paths in files.items()}
     table = evaluate_models(models, tests)
     text = format_table(table)
-    phases = [tuple(p) for p in result.get("phases", [])]
+    # schedule spans count steps from 0 (end exclusive); logged steps are 1-based: step s is schedule step s-1
+    phases = [(c, ph, start + 0.5, end + 0.5) for c, ph, start, end in result.get("phases", [])]
     pngs = plot_training(os.path.join(out, "metrics.jsonl"), out, phases=phases)
     summary = {"accuracy": table, "wall_time_s": seconds, "plots": [str(p) for p in pngs], **result}
     tmp = os.path.join(out, "summary.json.tmp")
