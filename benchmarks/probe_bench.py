@@ -23,8 +23,8 @@ os.environ.setdefault("MASTER_PORT", "29561")
 
 def build_model(path: str, vocab: int, hidden: int, layers: int) -> None:
     import torch
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
     tok = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(vocab)}, unk_token="t0"))
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", eos_token="t1").save_pretrained(path)
@@ -53,11 +53,11 @@ def main() -> None:
     verl_patches.apply_all()
     import torch
     import torch.distributed as dist
-    from hydra import compose, initialize_config_dir
-
     import verl
-    from recipe.copd.worker import PROBE_KEY, TOPK_KEY, CoPDActorRolloutRefWorker
+    from hydra import compose, initialize_config_dir
     from verl.utils import tensordict_utils as tu
+
+    from recipe.copd.worker import PROBE_KEY, TOPK_KEY, CoPDActorRolloutRefWorker
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     dist.init_process_group("gloo", rank=0, world_size=1)
@@ -86,8 +86,9 @@ def main() -> None:
     prompts, responses = torch.randint(2, args.vocab, (B, P)), torch.randint(2, args.vocab, (B, R))
     attention = torch.ones(B, P + R, dtype=torch.long)
     input_ids = torch.cat([prompts, responses], 1)
+    positions = torch.arange(P + R).expand(B, -1).clone()
     base = dict(prompts=prompts, responses=responses, input_ids=input_ids, attention_mask=attention,
-                position_ids=torch.arange(P + R).expand(B, -1).clone(), response_mask=torch.ones(B, R, dtype=torch.long))  # fmt: skip
+                position_ids=positions, response_mask=torch.ones(B, R, dtype=torch.long))  # fmt: skip
 
     def batch(probe: str | None, extra: dict | None = None):
         from tensordict import TensorDict
@@ -111,7 +112,8 @@ def main() -> None:
             worker.compute_log_prob(td)
             times[name].append(time.perf_counter() - t0)
     plain = statistics.median(times["plain"])
-    print(f"model: vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers; batch {B} x {P + R} tokens, k={args.k}")
+    shape = f"vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers"
+    print(f"model: {shape}; batch {B} x {P + R} tokens, k={args.k}")
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"{name:>8}: median {med * 1000:8.1f} ms  ({(med / plain - 1) * 100:+5.1f}% vs plain)")
