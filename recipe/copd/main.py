@@ -44,9 +44,11 @@ def prepare_toy(config: DictConfig) -> dict:
     reward_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy", "reward.py")
     with open_dict(config):
         for branch in config.copd.branches:
-            skill = branch.name
+            skill = str(branch.get("data_source") or branch.name).split("/")[-1]  # copd_toy/add -> add
             if skill not in files:
-                raise ValueError(f"toy branch {skill!r} is not a toy skill: use names {sorted(files)}")
+                raise ValueError(
+                    f"toy branch {branch.name!r}: data_source must be copd_toy/<skill>, skill in {sorted(files)}"
+                )
             branch.train_files = [str(files[skill]["train"])]
             branch.val_files = [str(files[skill]["val"])]
             branch.reward_path = reward_path
