@@ -100,10 +100,11 @@ def check_inputs(config: DictConfig, copd: CoPDConfig) -> None:
             raise ValueError(f"branch {b.name}: init_path is not a folder: {b.init_path}")
         if b.reward_path and not os.path.exists(b.reward_path):
             raise ValueError(f"branch {b.name}: reward_path not found: {b.reward_path}")
-    model = config.actor_rollout_ref.model.path
-    if not os.path.isdir(model) and not any(b.init_path for b in copd.branches if not b.frozen):
-        if not str(model).count("/") == 1:  # a hub id "org/name" is left to transformers
-            raise ValueError(f"actor_rollout_ref.model.path is not a folder: {model}")
+    model = str(config.actor_rollout_ref.model.path)
+    needs_base = any(not b.init_path for b in copd.branches)
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1  # "org/name" is a hub id
+    if needs_base and looks_local and not os.path.isdir(model):
+        raise ValueError(f"actor_rollout_ref.model.path is not a folder: {model}")
 
 
 @ray.remote(num_cpus=1)

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 import transfer_queue as tq
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -301,15 +301,19 @@ class CoPDTrainer(PPOTrainerSync):
 
     def _validate(self) -> dict:
         out = {}
-        for b in self.branches.values():
-            if b.spec.frozen or not b.spec.val_files:
-                continue
-            b.checkpoint_manager.update_weights(self.global_steps)
-            b.global_steps = self.global_steps
-            b.replay_buffer = self.replay_buffer
-            out.update({f"branch_{b.name}/{k}": v for k, v in b._validate().items()})
-            b.checkpoint_manager.sleep_replicas()
+        for b in self.trainable:
+            if b.spec.val_files:
+                out.update({f"branch_{b.name}/{k}": v for k, v in self._validate_branch(b).items()})
         return out
+
+    def _validate_branch(self, b: BranchTrainer) -> dict:
+        """verl's ``_validate`` on one branch: wake its servers with its actor's weights, validate, sleep."""
+        b.checkpoint_manager.update_weights(self.global_steps)
+        b.global_steps = self.global_steps
+        b.replay_buffer = self.replay_buffer
+        metrics = b._validate()
+        b.checkpoint_manager.sleep_replicas()
+        return metrics
 
     def _save_checkpoint(self):
         ckpt.save(self)
@@ -339,11 +343,7 @@ class CoPDTrainer(PPOTrainerSync):
             if not b.spec.val_files:
                 continue
             b.actor_rollout_wg.load_hf(merged)
-            b.checkpoint_manager.update_weights(self.global_steps)
-            b.global_steps = self.global_steps
-            b.replay_buffer = self.replay_buffer
-            out.update({f"merged/{k}": v for k, v in b._validate().items()})
-            b.checkpoint_manager.sleep_replicas()
+            out.update({f"merged/{k}": v for k, v in self._validate_branch(b).items()})
         if out:
             self.logger.log(data=out, step=self.global_steps)
             self._append_metrics(self.global_steps, out)
@@ -409,6 +409,3 @@ def _sampled_sym_kl(student_lp, teacher_lp, mask) -> float:
     t = teacher_lp.to_padded_tensor(0.0) if teacher_lp.is_nested else teacher_lp
     m = mask.to_padded_tensor(0) if mask.is_nested else mask
     return float(sampled_symmetric_kl(s.float(), t.float(), m))
-
-
-__all__ = ["CoPDTrainer", "OmegaConf"]

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from recipe.copd.toy.reward import compute_score
 from recipe.copd.toy.tasks import SKILLS, read_problems
+from verl_patches.hf_rollout.generation import left_pad  # the rollout's own padding: eval pads as training does
 
 
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -24,20 +25,6 @@ def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
     )
     ids = out["input_ids"] if hasattr(out, "keys") else out  # transformers 5 returns a BatchEncoding
     return [int(i) for i in ids]
-
-
-def left_pad(ids_list: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into `input_ids_B_T` and `attention_mask_B_T` (1 on real tokens).
-
-    Shape: B = len(ids_list), T = the longest list.
-    """
-    T = max(len(ids) for ids in ids_list)
-    input_ids_B_T = torch.full((len(ids_list), T), pad_id, dtype=torch.long)
-    attention_mask_B_T = torch.zeros((len(ids_list), T), dtype=torch.long)
-    for b, ids in enumerate(ids_list):
-        input_ids_B_T[b, T - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask_B_T[b, T - len(ids) :] = 1
-    return input_ids_B_T, attention_mask_B_T
 
 
 def _load(model_or_path, tokenizer):
