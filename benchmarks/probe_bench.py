@@ -7,6 +7,10 @@ Times, side by side and interleaved, ``compute_log_prob`` of the same batch:
   teacher  + per-token top-k overlap and top-k symmetric KL against the student's top-k (teacher side)
 
     python benchmarks/probe_bench.py [--vocab 32000 --hidden 256 --layers 4 --batch 16 --seq 256 --k 16]
+    python benchmarks/probe_bench.py --preset qwen3-0.6b --batch 4 --seq 256 --repeats 3   # a real model's shape
+
+The vocabulary-wide work of the probe (one top-k per token on each side) is fixed per token while the model's
+work grows with its size, so the ratio depends on the shape: ``--preset`` picks a real one.
 """
 
 from __future__ import annotations
@@ -21,7 +25,17 @@ os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1"
 os.environ.setdefault("MASTER_PORT", "29561")
 
 
-def build_model(path: str, vocab: int, hidden: int, layers: int) -> None:
+PRESETS = {  # (vocab, hidden, layers, intermediate, heads, kv heads, head_dim, tied embeddings)
+    "toy": (101, 64, 2, 128, 4, 2, 16, False),  # the embedded default's model (recipe/copd/toy/model.py)
+    "small": (32000, 256, 4, 768, 4, 2, 64, False),
+    "qwen3-0.6b": (151936, 1024, 28, 3072, 16, 8, 128, True),
+    "qwen3-1.7b": (151936, 2048, 28, 6144, 16, 8, 128, True),
+}
+
+
+def build_model(
+    path: str, vocab: int, hidden: int, layers: int, inter: int, heads: int, kv: int, head_dim: int, tied: bool
+) -> None:
     import torch
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
@@ -29,9 +43,9 @@ def build_model(path: str, vocab: int, hidden: int, layers: int) -> None:
     tok = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(vocab)}, unk_token="t0"))
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", eos_token="t1").save_pretrained(path)
     cfg = Qwen3Config(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 128), head_dim=64,
-        max_position_embeddings=4096, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim,
+        max_position_embeddings=4096, tie_word_embeddings=tied, pad_token_id=0, eos_token_id=1,
     )  # fmt: skip
     torch.manual_seed(0)
     Qwen3ForCausalLM(cfg).save_pretrained(path)
@@ -39,6 +53,7 @@ def build_model(path: str, vocab: int, hidden: int, layers: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a model shape (overrides the next 3)")
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -62,7 +77,13 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     dist.init_process_group("gloo", rank=0, world_size=1)
     model_dir = tempfile.mkdtemp(prefix="copd_probe_bench_")
-    build_model(model_dir, args.vocab, args.hidden, args.layers)
+    if args.preset:
+        shape = PRESETS[args.preset]
+    else:
+        heads = max(1, args.hidden // 64)
+        shape = (args.vocab, args.hidden, args.layers, 3 * args.hidden, heads, max(1, heads // 2), 64, False)
+    args.vocab, args.hidden, args.layers = shape[:3]
+    build_model(model_dir, *shape)
     B, P, R = args.batch, args.seq // 2, args.seq // 2
     overrides = [
         f"actor_rollout_ref.model.path={model_dir}",
@@ -112,7 +133,9 @@ def main() -> None:
             worker.compute_log_prob(td)
             times[name].append(time.perf_counter() - t0)
     plain = statistics.median(times["plain"])
-    shape = f"vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers"
+    n_params = sum(p.numel() for p in worker.actor.engine.module.parameters())
+    shape = f"{args.preset or 'custom'}: vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers"
+    shape += f", {n_params / 1e6:.1f}M parameters (this rank's shard)"
     print(f"model: {shape}; batch {B} x {P + R} tokens, k={args.k}")
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -9,6 +9,12 @@ HF_THREADS_ENV = "VERL_PATCHES_HF_THREADS"
 MIN_LOGICAL_CPUS = 16
 
 
+def _physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or 1
+
+
 def worker_env(threads_per_process: int = 1) -> dict[str, str]:
     """Env vars for `ray.init(runtime_env={"env_vars": ...})` so that every Ray worker applies the patches and
     pins its threads (trainer ranks, rollout servers and helpers share few cores; oversubscribed torch threads
@@ -26,6 +32,8 @@ def worker_env(threads_per_process: int = 1) -> dict[str, str]:
         HF_THREADS_ENV: os.environ.get(HF_THREADS_ENV, threads),
         "TOKENIZERS_PARALLELISM": "false",
         "RAY_DEDUP_LOGS": "0",
+        # TransferQueue asks for 8 threads per put/get and logs a warning each time a machine has fewer cores
+        "TQ_NUM_THREADS": os.environ.get("TQ_NUM_THREADS", str(min(8, _physical_cores()))),
     }
     pythonpath = _project_root()
     if os.environ.get("PYTHONPATH"):

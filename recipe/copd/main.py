@@ -90,6 +90,25 @@ def route_rewards(config: DictConfig, copd: CoPDConfig) -> None:
         config.reward.custom_reward_function.reward_kwargs = {"routes": routes}
 
 
+AGENT_LOOPS_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "agent_loops.yaml")
+
+
+def register_agent_loop(config: DictConfig) -> None:
+    """Point verl's agent-loop registry at CoPD's loops (``copd_single_turn``) unless the user has their own file."""
+    agent = config.actor_rollout_ref.rollout.agent
+    if agent.get("agent_loop_config_path"):
+        if agent.get("default_agent_loop") == "copd_single_turn":
+            names = [str(c.get("name")) for c in OmegaConf.load(agent.agent_loop_config_path)]
+            if "copd_single_turn" not in names:
+                raise ValueError(
+                    f"default_agent_loop=copd_single_turn is not in {agent.agent_loop_config_path}: add the entry of "
+                    f"{AGENT_LOOPS_YAML} to it, or set actor_rollout_ref.rollout.agent.default_agent_loop"
+                )
+        return
+    with open_dict(config):
+        agent.agent_loop_config_path = AGENT_LOOPS_YAML
+
+
 def check_inputs(config: DictConfig, copd: CoPDConfig) -> None:
     """Fail fast, before Ray starts, on files that do not exist."""
     for b in copd.branches:
@@ -100,6 +119,18 @@ def check_inputs(config: DictConfig, copd: CoPDConfig) -> None:
             raise ValueError(f"branch {b.name}: init_path is not a folder: {b.init_path}")
         if b.reward_path and not os.path.exists(b.reward_path):
             raise ValueError(f"branch {b.name}: reward_path not found: {b.reward_path}")
+    rollout = config.actor_rollout_ref.rollout
+    trainable = [b.name for b in copd.branches if not b.frozen]
+    if len(trainable) > 1 and rollout.name not in ("vllm", "hf"):
+        raise ValueError(
+            f"actor_rollout_ref.rollout.name={rollout.name} names its servers by replica rank only, so "
+            f"{len(trainable)} trainable branches would collide; use rollout.name=vllm (or hf on CPU)"
+        )
+    if len(trainable) > 1 and rollout.get("disaggregation", {}).get("enabled", False):
+        raise ValueError(
+            "actor_rollout_ref.rollout.disaggregation.enabled=true: verl's PD replicas name their servers by "
+            "replica rank only, so several trainable branches would collide; set it to false"
+        )
     model = str(config.actor_rollout_ref.model.path)
     needs_base = any(not b.init_path for b in copd.branches)
     looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1  # "org/name" is a hub id
@@ -161,6 +192,7 @@ def prepare(config: DictConfig) -> tuple[CoPDConfig, dict | None]:
     files = prepare_toy(config) if toy else None
     copd = copd_config_from(config)
     check_inputs(config, copd)
+    register_agent_loop(config)
     apply_platform(config)
     route_rewards(config, copd)
     with open_dict(config):

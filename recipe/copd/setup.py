@@ -21,6 +21,7 @@ from verl.single_controller.ray.base import create_colocated_worker_cls
 from verl.trainer.ppo.utils import need_reference_policy
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.rollout.llm_server import LLMServerManager
+from verl.workers.rollout.replica import get_rollout_replica_class
 
 from recipe.copd.worker import CoPDActorRolloutRefWorker
 
@@ -45,6 +46,44 @@ def _resource_pools(trainer) -> dict[str, object]:
     trainer.resource_pool_manager = ResourcePoolManager(resource_pool_spec=spec, mapping=mapping)
     trainer.resource_pool_manager.create_resource_pool()
     return {name: trainer.resource_pool_manager.get_resource_pool(name) for name in names}
+
+
+def server_name_prefix(rollout_name: str, branch: str) -> str:
+    """The Ray actor-name prefix of one branch's rollout servers ("vllm_copd_add_" for vLLM, branch "add").
+
+    verl names a vLLM server ``{prefix}server_{replica_rank}_{node_rank}`` on both sides (the replica that
+    launches it, the worker adapter that looks it up), so K branches with the same replica ranks would take the
+    same names. Both sides call ``_get_server_name_prefix()``, the hook verl leaves for this; the branch name
+    goes there.
+    """
+    return f"{rollout_name}_copd_{branch}_"
+
+
+def with_server_name_prefix(base: type, prefix: str, branch: str) -> type:
+    """A subclass of the replica class ``base`` whose servers are named with ``prefix`` (``base`` if it has no hook:
+    the hf rollout's uuid names and injected handles already keep branches apart)."""
+    if not hasattr(base, "_get_server_name_prefix"):
+        return base
+    return type(f"{base.__name__}_{branch}", (base,), {"_get_server_name_prefix": lambda self: prefix})
+
+
+def branch_replica_class(rollout_config, branch: str) -> type:
+    """verl's rollout replica class for ``rollout_config.name``, with the branch in its servers' names."""
+    base = get_rollout_replica_class(rollout_config.name, disaggregation_enabled=rollout_config.disaggregation.enabled)
+    return with_server_name_prefix(base, server_name_prefix(rollout_config.name, branch), branch)
+
+
+class BranchLLMServerManager(LLMServerManager):
+    """verl's ``LLMServerManager`` whose replicas name their servers after the branch (see ``server_name_prefix``).
+
+    Uses verl's own hook (``rollout_replica_class`` set before ``__init__``); replica ranks still start at 0 so
+    each replica picks its own slice of the branch's worker group.
+    """
+
+    def __init__(self, *args, branch: str, **kwargs):
+        config = kwargs.get("config", args[0] if args else None)
+        self.rollout_replica_class = branch_replica_class(config.actor_rollout_ref.rollout, branch)
+        super().__init__(*args, **kwargs)
 
 
 def _role(branch, config) -> str:
@@ -89,8 +128,11 @@ def build_branch_components(trainer) -> None:
         branch.checkpoint_manager = None
         if branch.spec.frozen:
             continue
-        branch.llm_server_manager = LLMServerManager.create(
-            config=branch.config, worker_group=branch.actor_rollout_wg, rollout_resource_pool=pools[name]
+        rollout = branch.config.actor_rollout_ref.rollout
+        if hasattr(branch_replica_class(rollout, name), "_get_server_name_prefix"):
+            branch.actor_rollout_wg.copd_set_server_name_prefix(server_name_prefix(rollout.name, name))
+        branch.llm_server_manager = BranchLLMServerManager.create(
+            config=branch.config, worker_group=branch.actor_rollout_wg, rollout_resource_pool=pools[name], branch=name
         )
         engine_cfg = omega_conf_to_dataclass(branch.config.actor_rollout_ref.rollout.checkpoint_engine)
         engine_cfg.backend = "naive"  # as verl's V1 trainer does

@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import time
+import uuid
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from omegaconf import DictConfig
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
@@ -40,6 +43,20 @@ from recipe.copd.setup import build_branch_components
 from recipe.copd.worker import PROBE_KEY, TOPK_KEY
 
 logger = logging.getLogger(__name__)
+
+
+def stable_uids(seed: int, branch: str, step: int, part: str, n: int) -> list[str]:
+    """n distinct uuid-shaped uids, the same in every run for the same (seed, branch, step, part)."""
+    return [str(uuid.uuid5(uuid.NAMESPACE_OID, f"copd/{seed}/{branch}/{step}/{part}/{i}")) for i in range(n)]
+
+
+@contextmanager
+def _branch_timer(name: str, total: dict, branch: dict):
+    """Time a block into the step's ``total`` timing (verl's marked_timer, which accumulates) and the branch's."""
+    before = total.get(name, 0.0)
+    with marked_timer(name, total):
+        yield
+    branch[name] = branch.get(name, 0.0) + total[name] - before
 
 
 class CoPDTrainer(PPOTrainerSync):
@@ -79,6 +96,7 @@ class CoPDTrainer(PPOTrainerSync):
     def _setup(self):
         self._init_tokenizer()
         self._init_dump_executor()
+        self.copd_seed = int(self.config.data.get("seed", 0) or 0)
         self.cross_batch_size = int(self.config.copd.run.get("cross_batch_size") or self.config.data.train_batch_size)
         for branch in self.branches.values():
             branch.init_data(self.tokenizer, self.processor)
@@ -124,21 +142,25 @@ class CoPDTrainer(PPOTrainerSync):
         t0 = time.time()
         for b in self.branches.values():
             b.global_steps = self.global_steps
-        rollouts = {}
+        rollouts, self._branch_timing = {}, {b.name: {} for b in self.trainable}
+
+        def timed(name: str, b: BranchTrainer):  # the step's total (verl's timing_s/...) and the branch's own share
+            return _branch_timer(name, timing_raw, self._branch_timing[b.name])
+
         for b in self.trainable:  # 1. rollout: native batch (+ one cross batch per teacher in Phase II)
-            with marked_timer("gen", timing_raw, color="red"):
+            with timed("gen", b):
                 rollouts[b.name] = self._rollout(b, opd)
         for b in self.trainable:  # 2. student log-probs (and top-k probe), on the student's own actor
-            with marked_timer("old_log_prob", timing_raw, color="blue"):
+            with timed("old_log_prob", b):
                 self._student_log_probs(b, rollouts[b.name], probe, metrics)
         overlaps = {}
         for b in self.trainable:  # 3. teachers score the students' tokens; all before any update
-            with marked_timer("teacher_log_prob", timing_raw, color="olive"):
+            with timed("teacher_log_prob", b):
                 overlaps.update(self._teacher_log_probs(b, rollouts[b.name], opd, probe, metrics))
         for b in self.trainable:  # 4. advantages (GRPO + beta*delta), 5. one combined update
-            with marked_timer("adv", timing_raw, color="brown"):
+            with timed("adv", b):
                 self._advantages(b, rollouts[b.name], metrics)
-            with marked_timer("update_actor", timing_raw, color="red"):
+            with timed("update_actor", b):
                 m = {}
                 b._update_actor(rollouts[b.name]["batch"], metrics=m)
                 metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
@@ -159,10 +181,11 @@ class CoPDTrainer(PPOTrainerSync):
         b.checkpoint_manager.update_weights(self.global_steps)  # wake the branch's servers with its weights
         parts, cross_uids = [], {}
         if b.has_data:
-            parts.append(b._next_train_batch())
+            parts.append(self._with_stable_uids(b._next_train_batch(), b.name, "native"))
         if opd:
             for teacher in self.teachers[b.name]:
                 batch = b.cross_streams[teacher].next_batch(self.global_steps)
+                batch = self._with_stable_uids(batch, b.name, f"cross:{teacher}")
                 cross_uids[teacher] = set(batch["uid"])
                 parts.append(batch)
         if not parts:
@@ -182,6 +205,13 @@ class CoPDTrainer(PPOTrainerSync):
             uid = key.split("_")[0]
             teacher_of_key[key] = next((t for t, uids in cross_uids.items() if uid in uids), None)
         return {"batch": batch, "teacher_of_key": teacher_of_key}
+
+    def _with_stable_uids(self, batch, branch: str, part: str):
+        """Replace verl's random uuid4 uids with ones fixed by (seed, branch, step, part, row): a resumed run
+        gives the same prompts the same uids, which seed their samples (``recipe.copd.agent_loop``)."""
+        uids = stable_uids(self.copd_seed, branch, self.global_steps, part, len(batch))
+        tu.assign_non_tensor_stack(batch, "uid", uids)
+        return batch
 
     def _student_log_probs(self, b: BranchTrainer, rollout: dict, probe: bool, metrics: dict) -> None:
         batch = rollout["batch"]
@@ -275,6 +305,8 @@ class CoPDTrainer(PPOTrainerSync):
         out = {"advantages": response_to_nested(adv, nested_mask), "returns": response_to_nested(ret, nested_mask)}
         tq.kv_batch_put(keys=batch.keys, partition_id="train", fields=TensorDict(out, batch_size=len(batch)))
         metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
+        metrics[f"branch_{b.name}/copd/rows"] = len(batch)
+        metrics[f"branch_{b.name}/copd/response_tokens"] = int(mask.sum())
         if (~cross).any():
             metrics[f"branch_{b.name}/copd/reward_native_mean"] = float(rewards[~cross].sum(-1).mean())
         if cross.any():
@@ -283,8 +315,9 @@ class CoPDTrainer(PPOTrainerSync):
     # ------------------------------------------------------------------ metrics, validation, checkpoints
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         for name, sub in self._last_batches.items():
-            m = {}
-            self.branches[name]._compute_metrics(sub, m, timing_raw, global_steps=global_steps, epoch=epoch)
+            m, own = {}, dict(self._branch_timing.get(name, {}))
+            own["step"] = sum(own.values())  # the branch's share of the step (verl's timing_s/step is the total)
+            self.branches[name]._compute_metrics(sub, m, own, global_steps=global_steps, epoch=epoch)
             metrics.update({f"branch_{name}/{k}": v for k, v in m.items() if not k.startswith("training/")})
         metrics.update({"training/global_step": global_steps, "training/epoch": epoch})
         metrics.update({f"timing_s/{k}": v for k, v in timing_raw.items()})

@@ -5,11 +5,15 @@ engine's logits-processor hook (the same hook verl's own top-k distillation uses
 tensor ever leaves the worker:
 
 - ``copd_probe="student"``: besides ``log_probs``/``entropy``, emit the student's top-k token ids and
-  log-probs per token as ``copd_topk_id_{i}`` / ``copd_topk_lp_{i}`` (i < k; the engine's logits processor
+  logits per token as ``copd_topk_id_{i}`` / ``copd_topk_logit_{i}`` (i < k; the engine's logits processor
   returns one scalar per token and key).
 - ``copd_probe="teacher"``: read the student's top-k fields of the same sequences and emit per token
   ``copd_overlap`` (|TopK_s ∩ TopK_t| / k, the paper's O_k) and ``copd_topk_skl`` (symmetric KL on the
   student's top-k support, both renormalised there), besides the teacher's ``log_probs``.
+
+Cost: one ``topk`` over the vocabulary per token on each side (plus a k-wide gather on the teacher). No
+log-softmax: both distributions are renormalised on the student's top-k, where the log-partition cancels, so
+raw logits carry the same information as log-probs.
 
 Without ``copd_probe`` the worker behaves exactly like verl's.
 """
@@ -29,8 +33,8 @@ TOPK_KEY = "copd_topk"
 
 
 def topk_field_names(k: int) -> tuple[list[str], list[str]]:
-    """Names of the per-token fields that carry the student's top-k ids and log-probs."""
-    return [f"copd_topk_id_{i}" for i in range(k)], [f"copd_topk_lp_{i}" for i in range(k)]
+    """Names of the per-token fields that carry the student's top-k ids and logits."""
+    return [f"copd_topk_id_{i}" for i in range(k)], [f"copd_topk_logit_{i}" for i in range(k)]
 
 
 def _per_token(data: TensorDict, key: str, n_tokens: int) -> torch.Tensor:
@@ -62,33 +66,30 @@ class BehaviourProbe:
 
     @torch.no_grad()
     def _student(self, logits_N_V: torch.Tensor) -> dict[str, torch.Tensor]:
-        from copd.overlap import topk_logprobs
-
-        ids_N_k, logp_N_k = topk_logprobs(logits_N_V.unsqueeze(0), self.k, chunk_tokens=self.chunk_tokens)
-        ids_N_k, logp_N_k = ids_N_k[0], logp_N_k[0]
-        id_names, lp_names = topk_field_names(self.k)
+        top = torch.topk(logits_N_V, self.k, dim=-1)  # one pass over V; sorted by decreasing logit
+        ids_N_k, logit_N_k = top.indices, top.values.float()
+        id_names, logit_names = topk_field_names(self.k)
         out = {name: ids_N_k[:, i].unsqueeze(0) for i, name in enumerate(id_names)}
-        out.update({name: logp_N_k[:, i].unsqueeze(0) for i, name in enumerate(lp_names)})
+        out.update({name: logit_N_k[:, i].unsqueeze(0) for i, name in enumerate(logit_names)})
         return out
 
     @torch.no_grad()
     def _teacher(self, logits_N_V: torch.Tensor, data: TensorDict) -> dict[str, torch.Tensor]:
         n_tokens = logits_N_V.shape[0]
-        id_names, lp_names = topk_field_names(self.k)
+        id_names, logit_names = topk_field_names(self.k)
         s_ids_N_k = torch.stack([_per_token(data, n, n_tokens) for n in id_names], -1).long()
-        s_logp_N_k = torch.stack([_per_token(data, n, n_tokens) for n in lp_names], -1).float()
+        s_logit_N_k = torch.stack([_per_token(data, n, n_tokens) for n in logit_names], -1).float()
         overlap_N = torch.empty(n_tokens, dtype=torch.float32, device=logits_N_V.device)
         skl_N = torch.empty(n_tokens, dtype=torch.float32, device=logits_N_V.device)
-        for start in range(0, n_tokens, self.chunk_tokens):  # chunked: one (chunk, V) fp32 tensor at a time
+        for start in range(0, n_tokens, self.chunk_tokens):  # chunked: the (chunk, k, k) comparison stays small
             sl = slice(start, start + self.chunk_tokens)
-            chunk = logits_N_V[sl].float()
+            chunk = logits_N_V[sl]
             t_ids = torch.topk(chunk, self.k, dim=-1).indices
             s_ids = s_ids_N_k[sl].to(chunk.device)
             overlap_N[sl] = (s_ids.unsqueeze(-1) == t_ids.unsqueeze(-2)).any(-1).float().mean(-1)
-            t_logp_on_s = chunk.gather(-1, s_ids) - torch.logsumexp(chunk, -1, keepdim=True)
-            p = torch.softmax(s_logp_N_k[sl].to(chunk.device), -1)  # student renormalised on its top-k
-            q = torch.softmax(t_logp_on_s, -1)  # teacher renormalised on the student's top-k
-            skl_N[sl] = ((p - q) * (p.clamp_min(1e-30).log() - q.clamp_min(1e-30).log())).sum(-1)
+            log_p = torch.log_softmax(s_logit_N_k[sl].to(chunk.device), -1)  # student renormalised on its top-k
+            log_q = torch.log_softmax(chunk.gather(-1, s_ids).float(), -1)  # teacher renormalised on the same ids
+            skl_N[sl] = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
         return {"copd_overlap": overlap_N.unsqueeze(0), "copd_topk_skl": skl_N.unsqueeze(0)}
 
 
@@ -110,6 +111,20 @@ class CoPDActorRolloutRefWorker(ActorRolloutRefWorker):
         finally:
             self.actor.loss_fn = saved
         return output.cpu() if output is not None else None
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def copd_set_server_name_prefix(self, prefix: str) -> bool:
+        """Look this branch's rollout server up under the branch's name (``recipe.copd.setup.server_name_prefix``).
+
+        verl's server adapters (vLLM) find their server as ``{prefix}server_{replica}_{node}`` with the prefix
+        from ``_get_server_name_prefix()``; the replica side uses the same hook. Returns whether the adapter
+        has the hook.
+        """
+        rollout = getattr(self, "rollout", None)
+        if rollout is None or not hasattr(rollout, "_get_server_name_prefix"):
+            return False
+        rollout._get_server_name_prefix = lambda: prefix
+        return True
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def export_hf(self, out_dir: str) -> str | None:

@@ -27,6 +27,8 @@ def _main(*overrides: str) -> subprocess.CompletedProcess:
         (["copd.branches=[{name: a}]"], "branch"),
         (["+copd.bogus_knob=1"], "bogus_knob"),
         (["copd.branches=[{name: a, train_files: [/no/such.parquet]}, {name: b}]"], "/no/such.parquet"),
+        (["actor_rollout_ref.rollout.name=sglang"], "rollout.name=sglang"),
+        (["actor_rollout_ref.rollout.disaggregation.enabled=true"], "disaggregation"),
     ],
 )
 def test_bad_input_is_one_line(overrides, needle, tmp_path):

@@ -51,7 +51,13 @@ def _rows(path: Path) -> list[dict]:
 def test_two_branches_both_phases_resume_and_merge(tmp_path):
     work = tmp_path / "toy"
     run = work / "run"
-    common = ["copd.n_cycles=1", "copd.s_rl=1", "copd.s_opd=1", "trainer.save_freq=1"]
+    common = [
+        "copd.n_cycles=1",
+        "copd.s_rl=1",
+        "copd.s_opd=1",
+        "trainer.save_freq=1",
+        "actor_rollout_ref.rollout.full_determinism=true",  # per-sample seeds: the resumed run must match bitwise
+    ]
     proc = _run(work, *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [r for r in _rows(run / "metrics.jsonl") if "copd/phase" in r]  # the last row is merged/ validation
@@ -83,13 +89,20 @@ def test_two_branches_both_phases_resume_and_merge(tmp_path):
     assert "Held-out greedy accuracy" in proc.stdout and (run / "summary.json").exists()
     assert list(run.glob("*.png")), "no plots written"
 
-    # resume from the step-1 checkpoint (mid-cycle: Phase I done, Phase II to go)
+    # resume from the step-1 checkpoint (mid-cycle: Phase I done, Phase II to go): the same final weights, bitwise
     assert (run / "global_step_1" / "copd_state.json").exists() and (run / "global_step_2").exists()
+    uninterrupted = {name: _weights(run / "hf" / f"branch_{name}") for name in ("add", "mul")}
+    uninterrupted["merged"] = _weights(run / "merged")
     (run / "latest_checkpointed_iteration.txt").write_text("1")
     proc = _run(work, *common, "trainer.resume_mode=auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed" in proc.stdout + proc.stderr or "step 2/2" in proc.stdout
     assert "[copd] step 1/" not in proc.stdout  # step 1 was not run again
+    resumed = {name: _weights(run / "hf" / f"branch_{name}") for name in ("add", "mul")}
+    resumed["merged"] = _weights(run / "merged")
+    for name, weights in uninterrupted.items():
+        differ = [k for k in weights if not torch.equal(weights[k], resumed[name][k])]
+        assert not differ, f"{name}: resumed run differs from the uninterrupted one in {differ[:3]}"
 
 
 def test_three_branch_hub(tmp_path):
