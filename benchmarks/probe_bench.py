@@ -26,7 +26,7 @@ os.environ.setdefault("MASTER_PORT", "29561")
 
 
 PRESETS = {  # (vocab, hidden, layers, intermediate, heads, kv heads, head_dim, tied embeddings)
-    "toy": (101, 64, 2, 128, 4, 2, 16, False),  # the embedded default's model (recipe/copd/toy/model.py)
+    "toy": (101, 128, 4, 256, 4, 2, 32, False),  # the embedded default's model (recipe/copd/toy/warmstart.py)
     "small": (32000, 256, 4, 768, 4, 2, 64, False),
     "qwen3-0.6b": (151936, 1024, 28, 3072, 16, 8, 128, True),
     "qwen3-1.7b": (151936, 2048, 28, 6144, 16, 8, 128, True),

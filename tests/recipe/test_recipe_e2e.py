@@ -16,24 +16,10 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.train_batch_size=4",
-    "actor_rollout_ref.rollout.n=4",
-    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-    "actor_rollout_ref.actor.ppo_epochs=1",
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
-    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
-    "copd.run.toy.warm_start_steps=30",
-    "copd.run.toy.n_train=64",
-    "copd.run.toy.n_val=8",
-    "copd.run.toy.n_test=16",
-    "trainer.logger=[console,file]",
-]
 
-
-def _run(workdir: Path, *overrides: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def _run(workdir: Path, tiny: list[str], *overrides: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", VERL_FILE_LOGGER_ROOT=str(workdir / "tracking"))
-    cmd = [sys.executable, "-m", "recipe.copd.main", f"copd.run.toy.workdir={workdir}", *TINY, *overrides]
+    cmd = [sys.executable, "-m", "recipe.copd.main", f"copd.run.toy.workdir={workdir}", *tiny, *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         print(proc.stdout[-6000:], proc.stderr[-6000:])
@@ -48,8 +34,8 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_two_branches_both_phases_resume_and_merge(tmp_path):
-    work = tmp_path / "toy"
+def test_two_branches_both_phases_resume_and_merge(tmp_path, toy_workdir, tiny_overrides):
+    work = toy_workdir(tmp_path / "toy")
     run = work / "run"
     common = [
         "copd.n_cycles=1",
@@ -58,7 +44,7 @@ def test_two_branches_both_phases_resume_and_merge(tmp_path):
         "trainer.save_freq=1",
         "actor_rollout_ref.rollout.full_determinism=true",  # per-sample seeds: the resumed run must match bitwise
     ]
-    proc = _run(work, *common)
+    proc = _run(work, tiny_overrides, *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [r for r in _rows(run / "metrics.jsonl") if "copd/phase" in r]  # the last row is merged/ validation
     assert [r["copd/phase"] for r in rows] == ["rl", "opd"]
@@ -94,7 +80,7 @@ def test_two_branches_both_phases_resume_and_merge(tmp_path):
     uninterrupted = {name: _weights(run / "hf" / f"branch_{name}") for name in ("add", "mul")}
     uninterrupted["merged"] = _weights(run / "merged")
     (run / "latest_checkpointed_iteration.txt").write_text("1")
-    proc = _run(work, *common, "trainer.resume_mode=auto")
+    proc = _run(work, tiny_overrides, *common, "trainer.resume_mode=auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed" in proc.stdout + proc.stderr or "step 2/2" in proc.stdout
     assert "[copd] step 1/" not in proc.stdout  # step 1 was not run again
@@ -105,13 +91,22 @@ def test_two_branches_both_phases_resume_and_merge(tmp_path):
         assert not differ, f"{name}: resumed run differs from the uninterrupted one in {differ[:3]}"
 
 
-def test_three_branch_hub(tmp_path):
-    work = tmp_path / "hub"
+def test_three_branch_hub(tmp_path, toy_workdir, tiny_overrides):
+    work = toy_workdir(tmp_path / "hub")
     branches = (
         "copd.branches=[{name: add, data_source: copd_toy/add}, {name: mul, data_source: copd_toy/mul},"
         " {name: add2, data_source: copd_toy/add}]"
     )
-    proc = _run(work, branches, "copd.topology=hub", "copd.hub=add", "copd.n_cycles=1", "copd.s_rl=0", "copd.s_opd=1")
+    proc = _run(
+        work,
+        tiny_overrides,
+        branches,
+        "copd.topology=hub",
+        "copd.hub=add",
+        "copd.n_cycles=1",
+        "copd.s_rl=0",
+        "copd.s_opd=1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = [r for r in _rows(work / "run" / "metrics.jsonl") if "copd/phase" in r][0]
     assert {k for k in row if k.startswith("copd/overlap/")} == {

@@ -1,0 +1,53 @@
+"""Shared by the end-to-end recipe tests: a tiny run's overrides and one warm-started toy per test session."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+# enough for non-zero multiplication rewards (val ~0.25), so GRPO updates and the branches diverge; with fewer steps
+# every reward stays 0, and then nothing but weight decay moves the weights
+WARM_START_STEPS = 300
+N_TRAIN, N_VAL, N_TEST = 64, 8, 16
+
+TINY = [
+    "data.train_batch_size=4",
+    "actor_rollout_ref.rollout.n=4",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+    "actor_rollout_ref.actor.ppo_epochs=1",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+    f"copd.run.toy.warm_start_steps={WARM_START_STEPS}",
+    f"copd.run.toy.n_train={N_TRAIN}",
+    f"copd.run.toy.n_val={N_VAL}",
+    f"copd.run.toy.n_test={N_TEST}",
+    "trainer.logger=[console,file]",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory) -> Path:
+    """The toy's data and warm-started model, built once per session (the recipe then finds them cached)."""
+    from recipe.copd.toy.tasks import build_toy_data
+    from recipe.copd.toy.warmstart import warm_start
+
+    work = tmp_path_factory.mktemp("toy_cache")
+    build_toy_data(work / "data", n_train=N_TRAIN, n_val=N_VAL, n_test=N_TEST)
+    warm_start(str(work / "model"), steps=WARM_START_STEPS)
+    return work
+
+
+@pytest.fixture
+def toy_workdir(toy_cache):
+    """A function that copies the cached toy into a fresh workdir and returns it."""
+
+    def make(dest: Path) -> Path:
+        shutil.copytree(toy_cache, dest)
+        return dest
+
+    return make
