@@ -15,6 +15,7 @@ from copd.advantages import (
 )
 from copd.config import BranchConfig, CoPDConfig
 from copd.overlap import (
+    block_topk,
     sampled_symmetric_kl,
     symmetric_kl,
     topk_logprobs,
@@ -46,6 +47,7 @@ __all__ = [
     "symmetric_kl",
     "teacher_looks_uniform",
     "teachers_of",
+    "block_topk",
     "topk_logprobs",
     "topk_overlap",
     "topk_overlap_from_ids",

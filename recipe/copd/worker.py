@@ -11,11 +11,9 @@ tensor ever leaves the worker:
   ``copd_overlap`` (|TopK_s ∩ TopK_t| / k, the paper's O_k) and ``copd_topk_skl`` (symmetric KL on the
   student's top-k support, both renormalised there), besides the teacher's ``log_probs``.
 
-Cost: one ``topk`` over the vocabulary per token on each side (plus a k-wide gather on the teacher). No
-log-softmax: both distributions are renormalised on the student's top-k, where the log-partition cancels, so
-raw logits carry the same information as log-probs.
-
-Without ``copd_probe`` the worker behaves exactly like verl's.
+Cost: one top-k over the vocabulary per token on each side (``copd.overlap.block_topk``, about one max pass),
+plus a k-wide gather on the teacher. No log-softmax: both distributions are renormalised on the student's top-k,
+where the log-partition cancels, so raw logits carry the same information as log-probs.
 """
 
 from __future__ import annotations
@@ -27,6 +25,8 @@ from tensordict import TensorDict
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from copd.overlap import block_topk
 
 PROBE_KEY = "copd_probe"
 TOPK_KEY = "copd_topk"
@@ -66,8 +66,8 @@ class BehaviourProbe:
 
     @torch.no_grad()
     def _student(self, logits_N_V: torch.Tensor) -> dict[str, torch.Tensor]:
-        top = torch.topk(logits_N_V, self.k, dim=-1)  # one pass over V; sorted by decreasing logit
-        ids_N_k, logit_N_k = top.indices, top.values.float()
+        logit_N_k, ids_N_k = block_topk(logits_N_V, self.k)  # about one max pass over V; decreasing logit
+        logit_N_k = logit_N_k.float()
         id_names, logit_names = topk_field_names(self.k)
         out = {name: ids_N_k[:, i].unsqueeze(0) for i, name in enumerate(id_names)}
         out.update({name: logit_N_k[:, i].unsqueeze(0) for i, name in enumerate(logit_names)})
@@ -84,7 +84,7 @@ class BehaviourProbe:
         for start in range(0, n_tokens, self.chunk_tokens):  # chunked: the (chunk, k, k) comparison stays small
             sl = slice(start, start + self.chunk_tokens)
             chunk = logits_N_V[sl]
-            t_ids = torch.topk(chunk, self.k, dim=-1).indices
+            t_ids = block_topk(chunk, self.k)[1]
             s_ids = s_ids_N_k[sl].to(chunk.device)
             overlap_N[sl] = (s_ids.unsqueeze(-1) == t_ids.unsqueeze(-2)).any(-1).float().mean(-1)
             log_p = torch.log_softmax(s_logit_N_k[sl].to(chunk.device), -1)  # student renormalised on its top-k

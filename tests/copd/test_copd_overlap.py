@@ -177,3 +177,25 @@ def test_kernels_allocate_at_most_one_chunk_of_vocab():
         with _LargestNewTensor([s, t]) as probe:
             fn()
         assert probe.largest <= 8 * 32  # one chunk of 8 tokens x V; the full tensor is 64 x 32
+
+
+@pytest.mark.parametrize(
+    ("n", "v", "k", "block"), [(7, 1000, 4, 64), (5, 151936, 16, 256), (3, 300, 5, 256), (4, 257, 1, 16)]
+)
+def test_block_topk_equals_torch_topk(n, v, k, block):
+    from copd.overlap import block_topk
+
+    x = torch.randn(n, v, generator=torch.Generator().manual_seed(v))
+    values, ids = block_topk(x, k, block=block)
+    ref = x.topk(k, dim=-1)
+    assert torch.equal(values, ref.values) and torch.equal(ids, ref.indices)
+
+
+def test_block_topk_with_ties_returns_the_top_values():
+    from copd.overlap import block_topk
+
+    x = torch.zeros(3, 4096)
+    x[:, ::512] = 1.0  # 8 equal maxima spread over blocks
+    values, ids = block_topk(x, 4, block=64)
+    assert torch.all(values == 1.0) and torch.all(x.gather(1, ids) == 1.0)
+    assert all(len(set(row.tolist())) == 4 for row in ids)
