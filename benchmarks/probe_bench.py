@@ -72,7 +72,20 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from verl.utils import tensordict_utils as tu
 
-    from recipe.copd.worker import PROBE_KEY, TOPK_KEY, CoPDActorRolloutRefWorker
+    from recipe.copd.worker import PROBE_KEY, TOPK_KEY, BehaviourProbe, CoPDActorRolloutRefWorker
+
+    probe_s = [0.0]  # seconds inside the probe's logits processor (its own work), accumulated per pass
+    original_call = BehaviourProbe.__call__
+
+    def timed_call(self, *a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return original_call(self, *a, **kw)
+        finally:
+            if kw.get("student_logits") is not None:
+                probe_s[0] += time.perf_counter() - t0
+
+    BehaviourProbe.__call__ = timed_call
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     dist.init_process_group("gloo", rank=0, world_size=1)
@@ -126,12 +139,15 @@ def main() -> None:
     student_out = worker.compute_log_prob(batch("student"))
     topk = {k: student_out[k] for k in student_out.keys() if str(k).startswith("copd_topk_")}
     times = {"plain": [], "student": [], "teacher": []}
+    inside = {"plain": [], "student": [], "teacher": []}
     for _ in range(args.repeats):  # interleaved so that machine noise hits every variant alike
         for name in times:
             td = batch(None if name == "plain" else name, topk if name == "teacher" else None)
+            probe_s[0] = 0.0
             t0 = time.perf_counter()
             worker.compute_log_prob(td)
             times[name].append(time.perf_counter() - t0)
+            inside[name].append(probe_s[0])
     plain = statistics.median(times["plain"])
     n_params = sum(p.numel() for p in worker.actor.engine.module.parameters())
     shape = f"{args.preset or 'custom'}: vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers"
@@ -139,7 +155,11 @@ def main() -> None:
     print(f"model: {shape}; batch {B} x {P + R} tokens, k={args.k}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:>8}: median {med * 1000:8.1f} ms  ({(med / plain - 1) * 100:+5.1f}% vs plain)")
+        own = statistics.median(inside[name])
+        print(
+            f"{name:>8}: median {med * 1000:8.1f} ms  ({(med / plain - 1) * 100:+5.1f}% vs plain); "
+            f"probe's own work {own * 1000:7.1f} ms = {own / plain * 100:4.2f}% of the plain pass"
+        )
     dist.destroy_process_group()
 
 
