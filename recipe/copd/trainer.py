@@ -20,8 +20,6 @@ import json
 import logging
 import os
 import time
-import uuid
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -31,32 +29,18 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import tensordict_utils as tu
-from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from copd.advantages import CoPDAdvantageEstimator, register_copd_adv_est, teacher_looks_uniform
 from copd.config import CoPDConfig
 from copd.schedule import Phase, PhaseSchedule
 from recipe.copd import checkpoint as ckpt
+from recipe.copd.batches import branch_timer, key_order, masked_mean, sampled_sym_kl, stable_uids, sub_batch
 from recipe.copd.branch import BranchTrainer, PromptStream, branch_config
 from recipe.copd.setup import build_branch_components
 from recipe.copd.worker import PROBE_KEY, TOPK_KEY
 
 logger = logging.getLogger(__name__)
-
-
-def stable_uids(seed: int, branch: str, step: int, part: str, n: int) -> list[str]:
-    """n distinct uuid-shaped uids, the same in every run for the same (seed, branch, step, part)."""
-    return [str(uuid.uuid5(uuid.NAMESPACE_OID, f"copd/{seed}/{branch}/{step}/{part}/{i}")) for i in range(n)]
-
-
-@contextmanager
-def _branch_timer(name: str, total: dict, branch: dict):
-    """Time a block into the step's ``total`` timing (verl's marked_timer, which accumulates) and the branch's."""
-    before = total.get(name, 0.0)
-    with marked_timer(name, total):
-        yield
-    branch[name] = branch.get(name, 0.0) + total[name] - before
 
 
 class CoPDTrainer(PPOTrainerSync):
@@ -145,7 +129,7 @@ class CoPDTrainer(PPOTrainerSync):
         rollouts, self._branch_timing = {}, {b.name: {} for b in self.trainable}
 
         def timed(name: str, b: BranchTrainer):  # the step's total (verl's timing_s/...) and the branch's own share
-            return _branch_timer(name, timing_raw, self._branch_timing[b.name])
+            return branch_timer(name, timing_raw, self._branch_timing[b.name])
 
         for b in self.trainable:  # 1. rollout: native batch (+ one cross batch per teacher in Phase II)
             with timed("gen", b):
@@ -196,7 +180,7 @@ class CoPDTrainer(PPOTrainerSync):
         b.update_scale = n_prompts / self.config.data.train_batch_size
         batch, off_policy = self.replay_buffer.sample(self.global_steps, partition_id="train", batch_size=n_prompts)
         rank = {uid: i for i, uid in enumerate(u for part in parts for u in part["uid"])}
-        batch.reorder(sorted(range(len(batch)), key=lambda i: _key_order(batch.keys[i], rank)))  # arrival-independent
+        batch.reorder(sorted(range(len(batch)), key=lambda i: key_order(batch.keys[i], rank)))  # arrival-independent
         b.checkpoint_manager.sleep_replicas()  # free the rollout's memory for the next branch / training
         batch.extra_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
         batch = b._balance_batch(batch, metrics={})
@@ -235,7 +219,7 @@ class CoPDTrainer(PPOTrainerSync):
                 continue
             if not keys:
                 continue
-            sub = _sub_batch(batch, keys)
+            sub = sub_batch(batch, keys)
             sub.extra_info.update({"calculate_entropy": False, "compute_loss": False, "temperature": 1.0})
             if probe:
                 sub.extra_info.update({PROBE_KEY: "teacher", TOPK_KEY: self.copd.overlap_k})
@@ -253,14 +237,14 @@ class CoPDTrainer(PPOTrainerSync):
                 )
             tag = f"{b.name}<-{teacher}"
             if probe:
-                overlap = _masked_mean(response_from_nested(data["copd_overlap"], mask), mask)
+                overlap = masked_mean(response_from_nested(data["copd_overlap"], mask), mask)
                 overlaps[tag] = overlap
                 metrics[f"copd/overlap/{tag}"] = overlap
-                metrics[f"copd/topk_sym_kl/{tag}"] = _masked_mean(
+                metrics[f"copd/topk_sym_kl/{tag}"] = masked_mean(
                     response_from_nested(data["copd_topk_skl"], mask), mask
                 )
                 old = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["old_log_probs"])["old_log_probs"]
-                metrics[f"copd/sym_kl/{tag}"] = _sampled_sym_kl(old, teacher_lp, mask)
+                metrics[f"copd/sym_kl/{tag}"] = sampled_sym_kl(old, teacher_lp, mask)
         return overlaps
 
     def _guard_teacher(self, teacher: str, teacher_lp, mask) -> None:
@@ -415,30 +399,3 @@ class CoPDTrainer(PPOTrainerSync):
         with open(os.path.join(self.out_dir, "copd_result.json"), "w") as f:
             json.dump(result, f, indent=1, default=str)
         return result
-
-
-def _key_order(key: str, rank: dict) -> tuple:
-    """Sort key of a trajectory key ``{uid}_{session}_{index}``: submission order of its prompt, then sample."""
-    uid, _, rest = key.partition("_")
-    return (rank.get(uid, len(rank)), *(int(p) if p.isdigit() else p for p in rest.split("_")))
-
-
-def _sub_batch(batch: KVBatchMeta, keys: list[str]) -> KVBatchMeta:
-    keep = set(keys)
-    tags = [t for k, t in zip(batch.keys, batch.tags, strict=True) if k in keep]
-    return KVBatchMeta(partition_id=batch.partition_id, keys=list(keys), tags=tags, extra_info=dict(batch.extra_info))
-
-
-def _masked_mean(values, mask) -> float:
-    v = values.to_padded_tensor(0.0) if values.is_nested else values
-    m = (mask.to_padded_tensor(0) if mask.is_nested else mask).bool()
-    return float(v[m].double().mean()) if m.any() else float("nan")
-
-
-def _sampled_sym_kl(student_lp, teacher_lp, mask) -> float:
-    from copd.overlap import sampled_symmetric_kl
-
-    s = student_lp.to_padded_tensor(0.0) if student_lp.is_nested else student_lp
-    t = teacher_lp.to_padded_tensor(0.0) if teacher_lp.is_nested else teacher_lp
-    m = mask.to_padded_tensor(0) if mask.is_nested else mask
-    return float(sampled_symmetric_kl(s.float(), t.float(), m))

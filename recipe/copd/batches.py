@@ -1,0 +1,50 @@
+"""Batch helpers of the CoPD driver: stable uids, trajectory-key order, sub-batches, masked statistics, timing."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+
+from transfer_queue import KVBatchMeta
+from verl.utils.debug import marked_timer
+
+
+def stable_uids(seed: int, branch: str, step: int, part: str, n: int) -> list[str]:
+    """n distinct uuid-shaped uids, the same in every run for the same (seed, branch, step, part)."""
+    return [str(uuid.uuid5(uuid.NAMESPACE_OID, f"copd/{seed}/{branch}/{step}/{part}/{i}")) for i in range(n)]
+
+
+@contextmanager
+def branch_timer(name: str, total: dict, branch: dict):
+    """Time a block into the step's ``total`` timing (verl's marked_timer, which accumulates) and the branch's."""
+    before = total.get(name, 0.0)
+    with marked_timer(name, total):
+        yield
+    branch[name] = branch.get(name, 0.0) + total[name] - before
+
+
+def key_order(key: str, rank: dict) -> tuple:
+    """Sort key of a trajectory key ``{uid}_{session}_{index}``: submission order of its prompt, then sample."""
+    uid, _, rest = key.partition("_")
+    return (rank.get(uid, len(rank)), *(int(p) if p.isdigit() else p for p in rest.split("_")))
+
+
+def sub_batch(batch: KVBatchMeta, keys: list[str]) -> KVBatchMeta:
+    keep = set(keys)
+    tags = [t for k, t in zip(batch.keys, batch.tags, strict=True) if k in keep]
+    return KVBatchMeta(partition_id=batch.partition_id, keys=list(keys), tags=tags, extra_info=dict(batch.extra_info))
+
+
+def masked_mean(values, mask) -> float:
+    v = values.to_padded_tensor(0.0) if values.is_nested else values
+    m = (mask.to_padded_tensor(0) if mask.is_nested else mask).bool()
+    return float(v[m].double().mean()) if m.any() else float("nan")
+
+
+def sampled_sym_kl(student_lp, teacher_lp, mask) -> float:
+    from copd.overlap import sampled_symmetric_kl
+
+    s = student_lp.to_padded_tensor(0.0) if student_lp.is_nested else student_lp
+    t = teacher_lp.to_padded_tensor(0.0) if teacher_lp.is_nested else teacher_lp
+    m = mask.to_padded_tensor(0) if mask.is_nested else mask
+    return float(sampled_symmetric_kl(s.float(), t.float(), m))
