@@ -165,6 +165,16 @@ class CoPDTaskRunner:
             if tracking is not None:
                 tracking.finish(exit_code=0 if ok else 1)
             tq.close()
+            release_placement_groups(trainer)
+
+
+def release_placement_groups(trainer) -> None:
+    """Remove the trainer's placement groups: they live as long as the Ray job, so a second run in the same job
+    (the toy's baseline, a notebook) would otherwise find their CPUs/GPUs taken."""
+    manager = getattr(trainer, "resource_pool_manager", None)
+    for pool in getattr(manager, "resource_pool_dict", {}).values():
+        for pg in getattr(pool, "pgs", None) or []:
+            ray.util.remove_placement_group(pg)
 
 
 def run_copd(config: DictConfig, copd: CoPDConfig) -> dict:
@@ -174,7 +184,8 @@ def run_copd(config: DictConfig, copd: CoPDConfig) -> dict:
     out = os.path.abspath(config.trainer.default_local_dir)
     if config.trainer.resume_mode == "disable" and os.path.exists(os.path.join(out, "metrics.jsonl")):
         os.remove(os.path.join(out, "metrics.jsonl"))
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         runtime_env = OmegaConf.to_container(OmegaConf.create(get_ppo_ray_runtime_env(config)))
         runtime_env.setdefault("env_vars", {}).update(verl_patches.worker_env())
         runtime_env["env_vars"]["TRANSFER_QUEUE_ENABLE"] = "1"
@@ -182,7 +193,12 @@ def run_copd(config: DictConfig, copd: CoPDConfig) -> dict:
         kwargs.pop("runtime_env", None)
         ray.init(runtime_env=runtime_env, **{k: v for k, v in kwargs.items() if v is not None})
     runner = CoPDTaskRunner.remote()
-    return ray.get(runner.run.remote(config, copd))
+    try:
+        return ray.get(runner.run.remote(config, copd))
+    finally:
+        ray.kill(runner)  # its worker groups, servers and reward workers go with it
+        if started:
+            ray.shutdown()
 
 
 def prepare(config: DictConfig) -> tuple[CoPDConfig, dict | None]:

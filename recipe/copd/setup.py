@@ -12,6 +12,7 @@ Placement (``copd.placement``):
 from __future__ import annotations
 
 import logging
+import uuid
 
 import ray
 from verl.checkpoint_engine import CheckpointEngineManager
@@ -32,17 +33,18 @@ def _resource_pools(trainer) -> dict[str, object]:
     """Branch name -> resource pool, per ``copd.placement``."""
     cfg = trainer.config.trainer
     names = list(trainer.branches)
+    token = uuid.uuid4().hex[:6]  # pool names prefix placement-group names, which live as long as the Ray job
     if trainer.copd.placement == "colocate":
-        spec = {"copd_pool": [cfg.n_gpus_per_node] * cfg.nnodes}
-        mapping = {name: "copd_pool" for name in names}
+        spec = {f"copd_pool_{token}": [cfg.n_gpus_per_node] * cfg.nnodes}
+        mapping = {name: f"copd_pool_{token}" for name in names}
     else:
         per_branch = cfg.n_gpus_per_node // len(names)
         if per_branch < 1:
             raise ValueError(
                 f"copd.placement=split needs trainer.n_gpus_per_node >= K={len(names)}, got {cfg.n_gpus_per_node}"
             )
-        spec = {f"copd_pool_{name}": [per_branch] * cfg.nnodes for name in names}
-        mapping = {name: f"copd_pool_{name}" for name in names}
+        spec = {f"copd_pool_{token}_{name}": [per_branch] * cfg.nnodes for name in names}
+        mapping = {name: f"copd_pool_{token}_{name}" for name in names}
     trainer.resource_pool_manager = ResourcePoolManager(resource_pool_spec=spec, mapping=mapping)
     trainer.resource_pool_manager.create_resource_pool()
     return {name: trainer.resource_pool_manager.get_resource_pool(name) for name in names}

@@ -115,3 +115,23 @@ def test_three_branch_hub(tmp_path, toy_workdir, tiny_overrides):
         "copd/overlap/mul<-add",
         "copd/overlap/add2<-add",
     }
+
+
+def test_toy_baseline_adds_the_plain_average_row(tmp_path, toy_workdir, tiny_overrides):
+    """`copd.run.toy.baseline=true`: a second run in the same process trains the experts without OPD and averages."""
+    work = toy_workdir(tmp_path / "baseline")
+    run = work / "run"
+    steps = ["copd.n_cycles=1", "copd.s_rl=1", "copd.s_opd=1", "copd.run.validate_merged=false"]
+    proc = _run(work, tiny_overrides, *steps, "copd.run.toy.baseline=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "plain average (no OPD)" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert "plain average (no OPD)" in summary["accuracy"]
+    experts = run / "baseline_experts" / "hf"
+    a, m = _weights(experts / "branch_add"), _weights(experts / "branch_mul")
+    average = _weights(run / "baseline_average")
+    for k, v in average.items():
+        torch.testing.assert_close(v, (a[k] + m[k]) / 2)
+    # the experts never saw a cross batch: no OPD step in their metrics
+    rows = [r for r in _rows(run / "baseline_experts" / "metrics.jsonl") if "copd/phase" in r]
+    assert rows and all(r["copd/phase"] == "rl" for r in rows)
