@@ -12,7 +12,6 @@ Placement (``copd.placement``):
 from __future__ import annotations
 
 import logging
-import uuid
 
 import ray
 from verl.checkpoint_engine import CheckpointEngineManager
@@ -33,18 +32,17 @@ def _resource_pools(trainer) -> dict[str, object]:
     """Branch name -> resource pool, per ``copd.placement``."""
     cfg = trainer.config.trainer
     names = list(trainer.branches)
-    token = uuid.uuid4().hex[:6]  # pool names prefix placement-group names, which live as long as the Ray job
     if trainer.copd.placement == "colocate":
-        spec = {f"copd_pool_{token}": [cfg.n_gpus_per_node] * cfg.nnodes}
-        mapping = {name: f"copd_pool_{token}" for name in names}
+        spec = {"copd_pool": [cfg.n_gpus_per_node] * cfg.nnodes}
+        mapping = {name: "copd_pool" for name in names}
     else:
         per_branch = cfg.n_gpus_per_node // len(names)
         if per_branch < 1:
             raise ValueError(
                 f"copd.placement=split needs trainer.n_gpus_per_node >= K={len(names)}, got {cfg.n_gpus_per_node}"
             )
-        spec = {f"copd_pool_{token}_{name}": [per_branch] * cfg.nnodes for name in names}
-        mapping = {name: f"copd_pool_{token}_{name}" for name in names}
+        spec = {f"copd_pool_{name}": [per_branch] * cfg.nnodes for name in names}
+        mapping = {name: f"copd_pool_{name}" for name in names}
     trainer.resource_pool_manager = ResourcePoolManager(resource_pool_spec=spec, mapping=mapping)
     trainer.resource_pool_manager.create_resource_pool()
     return {name: trainer.resource_pool_manager.get_resource_pool(name) for name in names}
@@ -76,15 +74,12 @@ def branch_replica_class(rollout_config, branch: str) -> type:
 
 
 class BranchLLMServerManager(LLMServerManager):
-    """verl's ``LLMServerManager`` whose replicas name their servers after the branch (see ``server_name_prefix``).
+    """verl's ``LLMServerManager`` with a given replica class (``branch_replica_class``: the branch in its servers'
+    names), through verl's own hook (``rollout_replica_class`` set before ``__init__``). Replica ranks still start
+    at 0, so each replica picks its own slice of the branch's worker group."""
 
-    Uses verl's own hook (``rollout_replica_class`` set before ``__init__``); replica ranks still start at 0 so
-    each replica picks its own slice of the branch's worker group.
-    """
-
-    def __init__(self, *args, branch: str, **kwargs):
-        config = kwargs.get("config", args[0] if args else None)
-        self.rollout_replica_class = branch_replica_class(config.actor_rollout_ref.rollout, branch)
+    def __init__(self, *args, replica_class: type, **kwargs):
+        self.rollout_replica_class = replica_class
         super().__init__(*args, **kwargs)
 
 
@@ -131,10 +126,14 @@ def build_branch_components(trainer) -> None:
         if branch.spec.frozen:
             continue
         rollout = branch.config.actor_rollout_ref.rollout
-        if hasattr(branch_replica_class(rollout, name), "_get_server_name_prefix"):
+        replica_class = branch_replica_class(rollout, name)
+        if hasattr(replica_class, "_get_server_name_prefix"):  # the worker-side adapter looks up the same name
             branch.actor_rollout_wg.copd_set_server_name_prefix(server_name_prefix(rollout.name, name))
         branch.llm_server_manager = BranchLLMServerManager.create(
-            config=branch.config, worker_group=branch.actor_rollout_wg, rollout_resource_pool=pools[name], branch=name
+            config=branch.config,
+            worker_group=branch.actor_rollout_wg,
+            rollout_resource_pool=pools[name],
+            replica_class=replica_class,
         )
         engine_cfg = omega_conf_to_dataclass(branch.config.actor_rollout_ref.rollout.checkpoint_engine)
         engine_cfg.backend = "naive"  # as verl's V1 trainer does

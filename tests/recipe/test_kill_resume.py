@@ -32,8 +32,8 @@ def _cmd(workdir: Path, tiny: list[str], *extra: str) -> list[str]:
     return [sys.executable, "-m", "recipe.copd.main", f"copd.run.toy.workdir={workdir}", *tiny, *RUN, *extra]
 
 
-def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1")
+def _env(workdir: Path) -> dict:  # verl's file logger writes under VERL_FILE_LOGGER_ROOT (else into the cwd)
+    return dict(os.environ, OMP_NUM_THREADS="1", VERL_FILE_LOGGER_ROOT=str(workdir / "tracking"))
 
 
 def _merged(workdir: Path) -> dict[str, torch.Tensor]:
@@ -45,7 +45,12 @@ def _run_and_kill(workdir: Path, tiny: list[str], log: Path) -> None:
     tracker = workdir / "run" / "latest_checkpointed_iteration.txt"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            _cmd(workdir, tiny), cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            _cmd(workdir, tiny),
+            cwd=ROOT,
+            env=_env(workdir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.time() + 900
         try:
@@ -62,7 +67,7 @@ def _run_and_kill(workdir: Path, tiny: list[str], log: Path) -> None:
 def test_sigkill_mid_phase_then_resume_is_bitwise(tmp_path, toy_workdir, tiny_overrides):
     straight = toy_workdir(tmp_path / "straight")
     proc = subprocess.run(
-        _cmd(straight, tiny_overrides), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900
+        _cmd(straight, tiny_overrides), cwd=ROOT, env=_env(straight), capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -72,7 +77,7 @@ def test_sigkill_mid_phase_then_resume_is_bitwise(tmp_path, toy_workdir, tiny_ov
     proc = subprocess.run(
         _cmd(killed, tiny_overrides, "trainer.resume_mode=auto"),
         cwd=ROOT,
-        env=_env(),
+        env=_env(killed),
         capture_output=True,
         text=True,
         timeout=900,
