@@ -16,6 +16,7 @@ from copd.advantages import (
 from copd.config import BranchConfig, CoPDConfig
 from copd.overlap import (
     block_topk,
+    masked_mean,
     sampled_symmetric_kl,
     symmetric_kl,
     topk_logprobs,
@@ -24,7 +25,7 @@ from copd.overlap import (
     topk_overlap_per_token_from_ids,
     topk_symmetric_kl,
 )
-from copd.schedule import Phase, PhasePosition, PhaseSchedule, PhaseSpan, default_steps
+from copd.schedule import Phase, PhasePosition, PhaseSchedule, PhaseSpan, check_schedule, default_steps
 from copd.topology import pairs, students_of, teachers_of, validate
 
 __all__ = [
@@ -35,10 +36,12 @@ __all__ = [
     "PhasePosition",
     "PhaseSchedule",
     "PhaseSpan",
+    "check_schedule",
     "compute_copd_advantage",
     "cross_delta",
     "default_steps",
     "grpo_outcome_advantage",
+    "masked_mean",
     "pairs",
     "register_copd_adv_est",
     "sampled_symmetric_kl",

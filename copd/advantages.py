@@ -11,6 +11,7 @@ verl's `core_algos` imports ray and `verl.workers`, so this module does not impo
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -271,19 +272,75 @@ class CoPDAdvantageEstimator:
         return metrics
 
 
+_warned_grpo_only = False
+
+
+def copd_adv_estimator(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Sequence[Any] | None = None,
+    config: Any = None,
+    old_log_probs: torch.Tensor | None = None,
+    teacher_logprobs: torch.Tensor | None = None,
+    teacher_log_probs: torch.Tensor | None = None,
+    cross_mask: torch.Tensor | None = None,
+    beta: float | torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "copd" entry of verl's advantage registry (`get_adv_estimator_fn("copd")`).
+
+    Called with the teacher's log-probs of the student's tokens (`teacher_logprobs`, the field verl's own
+    distillation uses, (B, T) or (B, T, 1); or `teacher_log_probs`) and the student's `old_log_probs`, it gives the
+    rows that have them (nonzero teacher log-probs on a response token, or `cross_mask`) beta * delta (Eq. 8) and
+    the other rows GRPO. beta: the argument, else `config.copd_beta` (verl's `algorithm` node), else 1.0.
+
+    verl 0.9.1's stock `compute_advantage` forwards only rewards, mask, uid and config to a registered estimator, so
+    called from a stock verl trainer this is GRPO: it says so once (a warning). The CoPD driver
+    (`python -m recipe.copd.main`) supplies the teacher log-probs itself.
+
+    Shape: (B, T) inputs -> advantages (B, T), returns (B, T).
+    """
+    global _warned_grpo_only
+    teacher_B_T = teacher_logprobs if teacher_logprobs is not None else teacher_log_probs
+    if index is None:
+        index = np.arange(token_level_rewards.shape[0])
+    if teacher_B_T is None:
+        if not _warned_grpo_only:
+            _warned_grpo_only = True
+            warnings.warn(
+                "copd advantage estimator: no teacher log-probs reached it (verl's compute_advantage passes none to a "
+                "registered estimator), so it runs as plain GRPO; run CoPD through `python -m recipe.copd.main`, or "
+                "pass teacher_logprobs= and old_log_probs=",
+                stacklevel=2,
+            )
+        return compute_copd_advantage(token_level_rewards, response_mask, index, config=config, cross_mask=cross_mask)
+    if teacher_B_T.dim() == 3:
+        teacher_B_T = teacher_B_T.squeeze(-1)
+    if old_log_probs is None:
+        raise ValueError("copd advantage estimator: teacher log-probs need the student's old_log_probs (B, T) too")
+    if cross_mask is None:
+        cross_mask = ((teacher_B_T != 0) & response_mask.bool()).any(dim=-1)
+    if beta is None:
+        beta = float(config.get("copd_beta", 1.0)) if hasattr(config, "get") else 1.0
+    return compute_copd_advantage(
+        token_level_rewards, response_mask, index, old_log_probs=old_log_probs, teacher_log_probs=teacher_B_T,
+        cross_mask=cross_mask, beta=beta, config=config,
+    )  # fmt: skip
+
+
 def register_copd_adv_est() -> None:
-    """Register `compute_copd_advantage` in verl's registry as "copd"; idempotent.
+    """Register `copd_adv_estimator` in verl's registry as "copd"; idempotent.
 
     Lazy on purpose: verl's core_algos imports ray and verl.workers, which `copd` must not pull at import.
     """
     from verl.trainer.ppo import core_algos
 
     existing = core_algos.ADV_ESTIMATOR_REGISTRY.get(ADV_ESTIMATOR_NAME)
-    if existing is compute_copd_advantage:
+    if existing is copd_adv_estimator:
         return
-    if existing is not None and _same_function(existing, compute_copd_advantage):
+    if existing is not None and _same_function(existing, copd_adv_estimator):
         del core_algos.ADV_ESTIMATOR_REGISTRY[ADV_ESTIMATOR_NAME]  # a reloaded copy of this module
-    core_algos.register_adv_est(ADV_ESTIMATOR_NAME)(compute_copd_advantage)
+    core_algos.register_adv_est(ADV_ESTIMATOR_NAME)(copd_adv_estimator)
 
 
 def _same_function(a: Any, b: Any) -> bool:

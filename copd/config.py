@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from copd import topology
-from copd.advantages import WEIGHTINGS
-from copd.schedule import MODES
+from copd.advantages import WEIGHTINGS, CoPDAdvantageEstimator
+from copd.schedule import PhaseSchedule, check_schedule
 
 PLACEMENTS = ("colocate", "split")
 MERGE_METHODS = ("average", "weighted", "task_arithmetic", "ties")
@@ -52,7 +52,7 @@ class BranchConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BranchConfig:
         """Build from a plain dict; unknown keys raise."""
-        return cls(**_known_keys(cls, d, f"branch {d.get('name', '?')}"))
+        return cls(**known_keys(cls, d, f"branch {d.get('name', '?')}"))
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,6 @@ class CoPDConfig:
     placement: str = "colocate"  # "colocate" (branches share GPUs) or "split" (one resource pool per branch)
     merge_method: str = "average"  # "average" (paper), "weighted", "task_arithmetic" or "ties"
     merge_weights: tuple[float, ...] | None = None  # one non-negative weight per branch (sum > 0); None = uniform
-    merge_base: bool = False  # include the base model in the merge
     teacher_guard: bool = True  # refuse teacher log-probs that look uniform (a teacher without its weights)
     uniform_guard_tol: float = 0.05  # teacher is broken if |logp - log(1/V)| <= tol*log(V) on every token
 
@@ -94,7 +93,7 @@ class CoPDConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CoPDConfig:
         """Build from plain containers; `branches` is a list of dicts or a mapping name -> dict."""
-        kwargs = _known_keys(cls, d, "copd")
+        kwargs = known_keys(cls, d, "copd")
         if "branches" not in kwargs:
             raise ValueError("copd: branches is required: list each branch with at least its name")
         kwargs["branches"] = _branches_from(kwargs["branches"])
@@ -121,6 +120,43 @@ class CoPDConfig:
         frozen = set(self.branch_names) - set(self.trainable_branches)
         return [(s, t) for s, t in edges if s not in frozen]
 
+    def teachers_of(self, student: str) -> list[str]:
+        """Teachers of `student` in Phase II, in edge order (empty for a frozen branch or when s_opd == 0)."""
+        return topology.teachers_of(self.pairs, student)
+
+    def schedule(self) -> PhaseSchedule:
+        """A fresh phase schedule of these settings (step 0)."""
+        return PhaseSchedule(
+            n_cycles=self.n_cycles,
+            s_rl=self.s_rl,
+            s_opd=self.s_opd,
+            mode=self.schedule_mode,
+            overlap_threshold=self.overlap_threshold,
+            max_s_rl=self.max_s_rl,
+            min_s_rl=self.min_s_rl,
+        )
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole run (an upper bound under the adaptive schedule)."""
+        return self.schedule().total_steps
+
+    def estimator(self, norm_adv_by_std_in_grpo: bool = True) -> CoPDAdvantageEstimator:
+        """The advantage estimator of these settings (beta_k per branch, clamp, weighting, cross reward)."""
+        return CoPDAdvantageEstimator(
+            beta={b.name: b.beta for b in self.branches},
+            delta_clamp=self.delta_clamp,
+            weighting=self.weighting,
+            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+            cross_reward=self.cross_reward,
+        )
+
+    def experts(self) -> CoPDConfig:
+        """The experts baseline of the same budget: every branch runs GRPO alone (S_OPD = 0) for `total_steps`."""
+        return dataclasses.replace(
+            self, n_cycles=1, s_rl=self.total_steps, s_opd=0, schedule_mode="fixed", max_s_rl=None
+        )
+
     def beta_of(self, name: str) -> float:
         """beta_k of branch `name`."""
         return float(self.branch(name).beta)
@@ -144,22 +180,10 @@ class CoPDConfig:
             raise ValueError("branches: every branch is frozen; leave at least one with frozen=false")
 
     def _check_schedule(self) -> None:
-        _require_int("n_cycles", self.n_cycles, 1)
-        _require_int("s_rl", self.s_rl, 0)
-        _require_int("s_opd", self.s_opd, 0)
-        if self.s_rl == 0 and self.s_opd == 0:
-            raise ValueError("s_rl and s_opd are both 0: set at least one of them >= 1")
-        _require_choice("schedule_mode", self.schedule_mode, MODES)
-        if not 0 < self.overlap_threshold <= 1:
-            raise ValueError(f"overlap_threshold={self.overlap_threshold} must be in (0, 1]")
-        _require_int("min_s_rl", self.min_s_rl, 1)
-        if self.max_s_rl is not None:
-            _require_int("max_s_rl", self.max_s_rl, 1)
-            if self.schedule_mode != "adaptive":
-                raise ValueError("max_s_rl only applies to schedule_mode='adaptive': drop it or switch the mode")
-        longest = self.s_rl if self.max_s_rl is None else self.max_s_rl
-        if self.schedule_mode == "adaptive" and 0 < longest < self.min_s_rl:
-            raise ValueError(f"min_s_rl={self.min_s_rl} exceeds the longest Phase I ({longest}): lower min_s_rl")
+        check_schedule(
+            self.n_cycles, self.s_rl, self.s_opd, self.schedule_mode, self.overlap_threshold, self.max_s_rl,
+            self.min_s_rl,
+        )  # fmt: skip
 
     def _check_topology(self) -> None:
         _require_choice("topology", self.topology, topology.KINDS)
@@ -182,7 +206,7 @@ class CoPDConfig:
             raise ValueError(f"delta_clamp={self.delta_clamp} must be > 0, or null for no clamp")
         _require_choice("weighting", self.weighting, WEIGHTINGS)
         _require_choice("placement", self.placement, PLACEMENTS)
-        for name in ("cross_reward", "merge_base", "teacher_guard"):
+        for name in ("cross_reward", "teacher_guard"):
             _require_bool(name, getattr(self, name))
         if not 0 < self.uniform_guard_tol < 1:
             raise ValueError(f"uniform_guard_tol={self.uniform_guard_tol} must be in (0, 1), e.g. 0.05")
@@ -200,7 +224,8 @@ class CoPDConfig:
             raise ValueError(f"merge_weights={list(weights)} must be >= 0 with a positive sum")
 
 
-def _known_keys(cls: type, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+def known_keys(cls: type, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """`d` as a dict, or ValueError naming its keys that are not fields of the dataclass `cls`."""
     if not isinstance(d, Mapping):
         raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
     valid = [f.name for f in dataclasses.fields(cls)]

@@ -133,7 +133,7 @@ def topk_overlap_from_ids(
     _check_same_shape(student_ids, teacher_ids)
     k = student_ids.shape[-1]
     common_N = _intersection_size(student_ids.reshape(-1, k), teacher_ids.reshape(-1, k))
-    return _masked_mean(common_N.reshape(student_ids.shape[:-1]).double() / k, mask)
+    return masked_mean(common_N.reshape(student_ids.shape[:-1]).double() / k, mask)
 
 
 def sampled_symmetric_kl(
@@ -149,7 +149,7 @@ def sampled_symmetric_kl(
     """
     _check_same_shape(student_logp, teacher_logp)
     log_r = teacher_logp.double() - student_logp.double()
-    return _masked_mean(torch.expm1(log_r) * log_r, mask)
+    return masked_mean(torch.expm1(log_r) * log_r, mask)
 
 
 def topk_symmetric_kl(
@@ -171,7 +171,7 @@ def topk_symmetric_kl(
     lt = teacher_logp_on_student_ids.double()
     ls = ls - ls.logsumexp(dim=-1, keepdim=True)
     lt = lt - lt.logsumexp(dim=-1, keepdim=True)
-    return _masked_mean(((ls.exp() - lt.exp()) * (ls - lt)).sum(dim=-1), mask)
+    return masked_mean(((ls.exp() - lt.exp()) * (ls - lt)).sum(dim=-1), mask)
 
 
 def _intersection_size(ids_a_N_k: torch.Tensor, ids_b_N_k: torch.Tensor) -> torch.Tensor:
@@ -206,7 +206,13 @@ def _flat_mask(mask: torch.Tensor, shape_B_T: torch.Size) -> torch.Tensor:
     return mask.reshape(-1).bool()
 
 
-def _masked_mean(values_B_T: torch.Tensor, mask: torch.Tensor | None) -> float:
+def masked_mean(values_B_T: torch.Tensor, mask: torch.Tensor | None) -> float:
+    """Mean of `values_B_T` over the tokens where `mask` is set (all tokens when None), in float64.
+
+    The one masked mean of the project; ValueError when the mask selects no token.
+
+    Shape: (B, T), (B, T) -> float.
+    """
     if mask is None:
         return _mean(float(values_B_T.double().sum()), values_B_T.numel())
     keep = _flat_mask(mask, values_B_T.shape)

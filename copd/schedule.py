@@ -49,7 +49,7 @@ class PhaseSchedule:
         max_s_rl: int | None = None,
         min_s_rl: int = 1,
     ):
-        _check_args(n_cycles, s_rl, s_opd, mode, overlap_threshold, max_s_rl, min_s_rl)
+        check_schedule(n_cycles, s_rl, s_opd, mode, overlap_threshold, max_s_rl, min_s_rl)
         self.n_cycles, self.s_rl, self.s_opd, self.mode = n_cycles, s_rl, s_opd, mode
         self.overlap_threshold, self.min_s_rl = overlap_threshold, min_s_rl
         self.max_s_rl = s_rl if max_s_rl is None else max_s_rl
@@ -82,6 +82,17 @@ class PhaseSchedule:
             raise RuntimeError(f"the schedule is done after {self._global_step} steps: check .done before current()")
         phase = self._plan[self._phase_idx][0]
         return PhasePosition(self._global_step, self._cycle, phase, self._step_in_phase)
+
+    def probe_due(self, metrics_interval: int) -> bool:
+        """Whether the step about to run measures the branches' top-k overlap (the behavioural probe).
+
+        Always in Phase II (the paper's O_k on the student's trajectories) and in an adaptive Phase I (its end
+        depends on the overlap); in a fixed Phase I every `metrics_interval` steps (0: never).
+        """
+        position = self.current()
+        if position.phase is Phase.OPD or self.mode == "adaptive":
+            return True
+        return metrics_interval > 0 and position.step_in_phase % metrics_interval == 0
 
     def advance(self, overlap: float | None = None) -> PhasePosition:
         """Record one finished step (with its measured top-k overlap, if any) and return the new position.
@@ -186,23 +197,40 @@ def default_steps(total_steps: int, ratio: float = PAPER_RATIO, n_cycles: int = 
     return s_rl, per_cycle - s_rl
 
 
-def _check_args(n_cycles, s_rl, s_opd, mode, overlap_threshold, max_s_rl, min_s_rl) -> None:
-    if n_cycles < 1:
-        raise ValueError(f"n_cycles={n_cycles} must be >= 1")
-    if s_rl < 0 or s_opd < 0 or s_rl + s_opd == 0:
-        raise ValueError(f"s_rl={s_rl}, s_opd={s_opd}: both must be >= 0 and not both 0")
+def check_schedule(
+    n_cycles: int,
+    s_rl: int,
+    s_opd: int,
+    mode: str = "fixed",
+    overlap_threshold: float = 0.9,
+    max_s_rl: int | None = None,
+    min_s_rl: int = 1,
+) -> None:
+    """The one validator of a schedule's arguments (`CoPDConfig` and `PhaseSchedule` both call it).
+
+    Raises ValueError naming the field and the fix.
+    """
+    _require_int("n_cycles", n_cycles, 1)
+    _require_int("s_rl", s_rl, 0)
+    _require_int("s_opd", s_opd, 0)
+    if s_rl == 0 and s_opd == 0:
+        raise ValueError("s_rl and s_opd are both 0: set at least one of them >= 1")
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is unknown: use one of {MODES}")
+        raise ValueError(f"schedule_mode={mode!r} is unknown: use one of {list(MODES)}")
+    if isinstance(overlap_threshold, bool) or not isinstance(overlap_threshold, int | float):
+        raise ValueError(f"overlap_threshold={overlap_threshold!r} must be a number in (0, 1]")
     if not 0 < overlap_threshold <= 1:
         raise ValueError(f"overlap_threshold={overlap_threshold} must be in (0, 1]")
-    if max_s_rl is not None and mode != "adaptive":
-        raise ValueError("max_s_rl only applies to mode='adaptive': drop it or set mode='adaptive'")
-    if max_s_rl is not None and max_s_rl < 0:
-        raise ValueError(f"max_s_rl={max_s_rl} must be >= 0")
-    if min_s_rl < 1:
-        raise ValueError(f"min_s_rl={min_s_rl} must be >= 1")
-    longest_rl = s_rl if max_s_rl is None else max_s_rl
-    if mode == "adaptive" and 0 < longest_rl < min_s_rl:
-        raise ValueError(f"min_s_rl={min_s_rl} exceeds max_s_rl={longest_rl}: lower min_s_rl or raise max_s_rl")
-    if longest_rl + s_opd == 0:
-        raise ValueError("max_s_rl=0 with s_opd=0 leaves no step: raise max_s_rl or s_opd")
+    _require_int("min_s_rl", min_s_rl, 1)
+    if max_s_rl is not None:
+        _require_int("max_s_rl", max_s_rl, 1)
+        if mode != "adaptive":
+            raise ValueError("max_s_rl only applies to schedule_mode='adaptive': drop it or switch the mode")
+    longest = s_rl if max_s_rl is None else max_s_rl
+    if mode == "adaptive" and 0 < longest < min_s_rl:
+        raise ValueError(f"min_s_rl={min_s_rl} exceeds the longest Phase I ({longest}): lower min_s_rl")
+
+
+def _require_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")

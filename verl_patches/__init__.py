@@ -11,9 +11,9 @@ Workers apply the patches through verl's own hook: `VERL_USE_EXTERNAL_MODULES=ve
 time, so it may be imported before or after verl.
 """
 
-from verl_patches.overrides import cpu_overrides, worker_env
+from verl_patches.overrides import cpu_overrides, cpu_settings, worker_env
 
-__all__ = ["apply_all", "cpu_overrides", "is_cpu", "worker_env"]
+__all__ = ["apply_all", "cpu_overrides", "cpu_settings", "is_cpu", "worker_env"]
 
 _applying = False
 #: Env knob: comma-separated patch names apply_all() skips (to measure or bisect a patch; hf registration included).

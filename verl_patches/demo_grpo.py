@@ -30,7 +30,7 @@ STEP_METRICS = (
 
 def prepare(out: Path, n_train: int = 256, n_val: int = 32, seed: int = 0) -> Path:
     """Write the model + tokenizer and the train/val parquet files into `out`; return the model path."""
-    from recipe.copd.toy.model import save_tiny
+    from copd.tiny.qwen3 import save_tiny
 
     out.mkdir(parents=True, exist_ok=True)
     demo_task.write_parquet(str(out / "train.parquet"), n_train, seed, "train")

@@ -44,39 +44,55 @@ def worker_env(threads_per_process: int = 1) -> dict[str, str]:
     return env
 
 
-def cpu_overrides(n_workers: int) -> list[str]:
-    """Hydra overrides (for `verl.trainer.main_ppo` or a compose of `ppo_trainer`) that a CPU run needs:
-    `n_workers` trainer ranks on one node, fp32 FSDP2 with sdpa attention and no torch.compile, the `hf` rollout
-    with one replica per rank, one agent-loop and one reward worker, two TransferQueue storage units and enough
-    logical Ray CPUs for all of verl's helper actors. Task settings (data, model path, batch sizes) stay with the
-    caller; later overrides win, so a caller may append its own to change any of these.
+#: Keys of `cpu_settings` that verl's ppo_trainer config does not declare (hydra needs `++` to add them).
+_ADDED_KEYS = (
+    "actor_rollout_ref.model.override_config.attn_implementation",
+    "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype",
+    "actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype",
+)
+
+
+def cpu_settings(n_workers: int) -> dict[str, object]:
+    """What a CPU run of verl needs, as {dotted config key: value}: `n_workers` trainer ranks on one node, fp32
+    FSDP2 with sdpa attention and no torch.compile, the `hf` rollout with one replica per rank, one agent-loop and
+    one reward worker, two TransferQueue storage units and enough logical Ray CPUs for all of verl's helper actors.
+    Task settings (data, model path, batch sizes) stay with the caller. Apply with
+    `OmegaConf.update(cfg, key, value, force_add=True)`, or as hydra overrides with `cpu_overrides`.
     """
-    if n_workers < 1:
-        raise ValueError(f"n_workers must be >= 1, got {n_workers}")
-    overrides = [
-        "trainer.device=cpu",
-        "trainer.nnodes=1",
-        f"trainer.n_gpus_per_node={n_workers}",
-        f"ray_kwargs.ray_init.num_cpus={max(MIN_LOGICAL_CPUS, 4 * n_workers + 8)}",
-        "transfer_queue.backend.SimpleStorage.num_data_storage_units=2",
-        "reward.num_workers=1",
-        "data.dataloader_num_workers=0",
-        "actor_rollout_ref.model.use_fused_kernels=False",
-        "++actor_rollout_ref.model.override_config.attn_implementation=sdpa",
-        "actor_rollout_ref.rollout.name=hf",
-        "actor_rollout_ref.rollout.dtype=float32",
-        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
-        "actor_rollout_ref.rollout.agent.num_workers=1",
-    ]
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}")
+    settings: dict[str, object] = {
+        "trainer.device": "cpu",
+        "trainer.nnodes": 1,
+        "trainer.n_gpus_per_node": n_workers,
+        "ray_kwargs.ray_init.num_cpus": max(MIN_LOGICAL_CPUS, 4 * n_workers + 8),
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units": 2,
+        "reward.num_workers": 1,
+        "data.dataloader_num_workers": 0,
+        "actor_rollout_ref.model.use_fused_kernels": False,
+        "actor_rollout_ref.model.override_config.attn_implementation": "sdpa",
+        "actor_rollout_ref.rollout.name": "hf",
+        "actor_rollout_ref.rollout.dtype": "float32",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
+        "actor_rollout_ref.rollout.agent.num_workers": 1,
+    }
     for role in ("actor", "ref"):
-        overrides += [
-            f"actor_rollout_ref.{role}.strategy=fsdp2",
-            f"actor_rollout_ref.{role}.use_torch_compile=False",
-            f"actor_rollout_ref.{role}.fsdp_config.use_torch_compile=False",  # the engine's own switch (entropy)
-            f"actor_rollout_ref.{role}.fsdp_config.dtype=float32",
-            f"++actor_rollout_ref.{role}.fsdp_config.mixed_precision.param_dtype=fp32",
-        ]
-    return overrides
+        settings.update(
+            {
+                f"actor_rollout_ref.{role}.strategy": "fsdp2",
+                f"actor_rollout_ref.{role}.use_torch_compile": False,
+                f"actor_rollout_ref.{role}.fsdp_config.use_torch_compile": False,  # the engine's own switch (entropy)
+                f"actor_rollout_ref.{role}.fsdp_config.dtype": "float32",
+                f"actor_rollout_ref.{role}.fsdp_config.mixed_precision.param_dtype": "fp32",
+            }
+        )
+    return settings
+
+
+def cpu_overrides(n_workers: int) -> list[str]:
+    """`cpu_settings` as hydra overrides (for `verl.trainer.main_ppo` or a compose of `ppo_trainer`); later
+    overrides win, so a caller may append its own to change any of these."""
+    return [f"{'++' if k in _ADDED_KEYS else ''}{k}={v}" for k, v in cpu_settings(n_workers).items()]
 
 
 def _merged_modules(existing: str) -> str:

@@ -15,8 +15,10 @@ Registered as ``copd_single_turn`` through ``recipe/copd/config/agent_loops.yaml
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf, open_dict
 from verl.experimental.agent_loop.agent_loop import register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
@@ -38,3 +40,22 @@ class CoPDSingleTurnAgentLoop(SingleTurnAgentLoop):
             seed = sample_seed(base, str(kwargs["uid"]), int(kwargs.get("session_id", 0)))
             sampling_params = {**sampling_params, "seed": seed}
         return await super().run(sampling_params, **kwargs)
+
+
+AGENT_LOOPS_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "agent_loops.yaml")
+
+
+def register_agent_loop(config: DictConfig) -> None:
+    """Point verl's agent-loop registry at CoPD's loops (``copd_single_turn``) unless the user has their own file."""
+    agent = config.actor_rollout_ref.rollout.agent
+    if agent.get("agent_loop_config_path"):
+        if agent.get("default_agent_loop") == NAME:
+            names = [str(c.get("name")) for c in OmegaConf.load(agent.agent_loop_config_path)]
+            if NAME not in names:
+                raise ValueError(
+                    f"default_agent_loop={NAME} is not in {agent.agent_loop_config_path}: add the entry of "
+                    f"{AGENT_LOOPS_YAML} to it, or set actor_rollout_ref.rollout.agent.default_agent_loop"
+                )
+        return
+    with open_dict(config):
+        agent.agent_loop_config_path = AGENT_LOOPS_YAML

@@ -36,9 +36,12 @@ def sub_batch(batch: KVBatchMeta, keys: list[str]) -> KVBatchMeta:
 
 
 def masked_mean(values, mask) -> float:
+    """``copd.overlap.masked_mean`` of (possibly nested) per-token values."""
+    from copd.overlap import masked_mean as _masked_mean
+
     v = values.to_padded_tensor(0.0) if values.is_nested else values
-    m = (mask.to_padded_tensor(0) if mask.is_nested else mask).bool()
-    return float(v[m].double().mean()) if m.any() else float("nan")
+    m = mask.to_padded_tensor(0) if mask.is_nested else mask
+    return _masked_mean(v, m)
 
 
 def sampled_sym_kl(student_lp, teacher_lp, mask) -> float:

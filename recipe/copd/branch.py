@@ -53,16 +53,33 @@ class BranchTrainer(PPOTrainerSync):
     def on_step_end(self):  # the driver syncs weights itself (see CoPDTrainer._rollout)
         return
 
-    def _update_actor(self, batch, metrics: dict):
-        """verl's actor update, its PPO mini-batch scaled by ``update_scale`` (prompts in this update / the
-        train batch): the combined native + cross update takes as many optimizer steps as a Phase I update
-        (Algorithm 1, line 16: "combine batches; update")."""
+    def attach(self, worker_group, reward_loop_manager, replay_buffer, resource_pool_manager) -> None:
+        """Give verl's per-batch methods the components the driver built, under the attribute names they read.
+
+        The branch's worker group is also its reference policy (``ref_in_actor``); its rollout servers and
+        checkpoint engine come later with ``attach_rollout`` (a frozen teacher has none).
+        """
+        self.actor_rollout_wg = self.ref_policy_wg = worker_group
+        self.ref_in_actor = True
+        self.reward_loop_manager = reward_loop_manager
+        self.replay_buffer = replay_buffer
+        self.resource_pool_manager = resource_pool_manager
+        self.teacher_model_manager = self.distillation_config = self.checkpoint_manager = None
+
+    def attach_rollout(self, llm_server_manager, checkpoint_manager) -> None:
+        self.llm_server_manager, self.checkpoint_manager = llm_server_manager, checkpoint_manager
+
+    def update(self, batch, n_prompts: int, metrics: dict):
+        """verl's actor update of the combined native + cross rows, with the PPO mini-batch scaled by
+        ``n_prompts / data.train_batch_size``, so the combined update takes as many optimizer steps as a Phase I
+        update (Algorithm 1, line 16: "combine batches; update")."""
         cfg = self.config.actor_rollout_ref.actor
         original = cfg.ppo_mini_batch_size
+        scale = n_prompts / self.config.data.train_batch_size
         with open_dict(cfg):
-            cfg.ppo_mini_batch_size = max(1, round(original * getattr(self, "update_scale", 1.0)))
+            cfg.ppo_mini_batch_size = max(1, round(original * scale))
         try:
-            return super()._update_actor(batch, metrics)
+            return self._update_actor(batch, metrics)
         finally:
             with open_dict(cfg):
                 cfg.ppo_mini_batch_size = original

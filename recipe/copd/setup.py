@@ -28,8 +28,8 @@ from recipe.copd.worker import CoPDActorRolloutRefWorker
 logger = logging.getLogger(__name__)
 
 
-def _resource_pools(trainer) -> dict[str, object]:
-    """Branch name -> resource pool, per ``copd.placement``."""
+def _resource_pools(trainer) -> tuple[ResourcePoolManager, dict[str, object]]:
+    """The resource-pool manager and branch name -> resource pool, per ``copd.placement``."""
     cfg = trainer.config.trainer
     names = list(trainer.branches)
     if trainer.copd.placement == "colocate":
@@ -43,9 +43,9 @@ def _resource_pools(trainer) -> dict[str, object]:
             )
         spec = {f"copd_pool_{name}": [per_branch] * cfg.nnodes for name in names}
         mapping = {name: f"copd_pool_{name}" for name in names}
-    trainer.resource_pool_manager = ResourcePoolManager(resource_pool_spec=spec, mapping=mapping)
-    trainer.resource_pool_manager.create_resource_pool()
-    return {name: trainer.resource_pool_manager.get_resource_pool(name) for name in names}
+    manager = ResourcePoolManager(resource_pool_spec=spec, mapping=mapping)
+    manager.create_resource_pool()
+    return manager, {name: manager.get_resource_pool(name) for name in names}
 
 
 def server_name_prefix(rollout_name: str, branch: str) -> str:
@@ -89,9 +89,10 @@ def _role(branch, config) -> str:
     return "actor_rollout_ref" if need_reference_policy(config) else "actor_rollout"
 
 
-def build_branch_components(trainer) -> None:
-    """Create and initialise every branch's worker group, servers and checkpoint engine (in place)."""
-    pools = _resource_pools(trainer)
+def build_branch_components(trainer) -> tuple[ResourcePoolManager, RewardLoopManager]:
+    """Create and initialise every branch's worker group, servers and checkpoint engine, attached to each
+    ``BranchTrainer``; returns the shared resource-pool manager and reward loop."""
+    pool_manager, pools = _resource_pools(trainer)
     by_pool: dict[object, dict[str, RayClassWithInitArgs]] = {}
     for name, branch in trainer.branches.items():
         cls = RayClassWithInitArgs(
@@ -100,48 +101,44 @@ def build_branch_components(trainer) -> None:
             role=_role(branch, trainer.config),
         )
         by_pool.setdefault(pools[name], {})[name] = cls
+    groups = {}
     for pool, class_dict in by_pool.items():
         group = RayWorkerGroup(
             resource_pool=pool,
             ray_cls_with_init=create_colocated_worker_cls(class_dict=class_dict),
             device_name=trainer.config.trainer.device,
         )
-        for name, wg in group.spawn(prefix_set=class_dict.keys()).items():
-            trainer.branches[name].actor_rollout_wg = wg
-    for branch in trainer.branches.values():
-        branch.actor_rollout_wg.init_model()
-        branch.ref_in_actor = True
-        branch.ref_policy_wg = branch.actor_rollout_wg
+        groups.update(group.spawn(prefix_set=class_dict.keys()))
+    for name in trainer.branches:
+        groups[name].init_model()
 
     # one reward loop for every branch: its workers have fixed names, and rewards route by data_source
-    trainer.reward_loop_manager = RewardLoopManager(config=trainer.config, rm_resource_pool=None)
-    trainer.teacher_model_manager = None
+    reward_loop = RewardLoopManager(config=trainer.config, rm_resource_pool=None)
     for name, branch in trainer.branches.items():
-        branch.reward_loop_manager = trainer.reward_loop_manager
-        branch.replay_buffer = trainer.replay_buffer
-        branch.resource_pool_manager = trainer.resource_pool_manager
-        branch.teacher_model_manager = None
-        branch.distillation_config = None
-        branch.checkpoint_manager = None
-        if branch.spec.frozen:
-            continue
-        rollout = branch.config.actor_rollout_ref.rollout
-        replica_class = branch_replica_class(rollout, name)
-        if hasattr(replica_class, "_get_server_name_prefix"):  # the worker-side adapter looks up the same name
-            branch.actor_rollout_wg.copd_set_server_name_prefix(server_name_prefix(rollout.name, name))
-        branch.llm_server_manager = BranchLLMServerManager.create(
-            config=branch.config,
-            worker_group=branch.actor_rollout_wg,
-            rollout_resource_pool=pools[name],
-            replica_class=replica_class,
-        )
-        engine_cfg = omega_conf_to_dataclass(branch.config.actor_rollout_ref.rollout.checkpoint_engine)
-        engine_cfg.backend = "naive"  # as verl's V1 trainer does
-        branch.checkpoint_manager = CheckpointEngineManager(
-            config=engine_cfg, actor_wg=branch.actor_rollout_wg, replicas=branch.llm_server_manager.get_replicas()
-        )
-        branch.checkpoint_manager.sleep_replicas()
-        logger.info("branch %s: worker group, %d rollout replicas", name, len(branch.llm_server_manager.get_replicas()))
+        branch.attach(groups[name], reward_loop, trainer.replay_buffer, pool_manager)
+        if not branch.spec.frozen:
+            branch.attach_rollout(*_rollout_components(branch, pools[name]))
+            logger.info("branch %s: %d rollout replicas", name, len(branch.llm_server_manager.get_replicas()))
+    return pool_manager, reward_loop
+
+
+def _rollout_components(branch, pool) -> tuple[LLMServerManager, CheckpointEngineManager]:
+    """A trainable branch's rollout servers (named after the branch) and the checkpoint engine that syncs them."""
+    rollout = branch.config.actor_rollout_ref.rollout
+    replica_class = branch_replica_class(rollout, branch.name)
+    if hasattr(replica_class, "_get_server_name_prefix"):  # the worker-side adapter looks up the same name
+        branch.actor_rollout_wg.copd_set_server_name_prefix(server_name_prefix(rollout.name, branch.name))
+    servers = BranchLLMServerManager.create(
+        config=branch.config, worker_group=branch.actor_rollout_wg, rollout_resource_pool=pool,
+        replica_class=replica_class,
+    )  # fmt: skip
+    engine_cfg = omega_conf_to_dataclass(rollout.checkpoint_engine)
+    engine_cfg.backend = "naive"  # as verl's V1 trainer does
+    engine = CheckpointEngineManager(
+        config=engine_cfg, actor_wg=branch.actor_rollout_wg, replicas=servers.get_replicas()
+    )
+    engine.sleep_replicas()
+    return servers, engine
 
 
 def build_agent_loops(trainer) -> dict:

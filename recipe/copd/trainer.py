@@ -31,12 +31,16 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from copd.advantages import CoPDAdvantageEstimator, register_copd_adv_est, teacher_looks_uniform
+from copd.advantages import register_copd_adv_est, teacher_looks_uniform
 from copd.config import CoPDConfig
-from copd.schedule import Phase, PhaseSchedule
+from copd.schedule import Phase
 from recipe.copd import checkpoint as ckpt
 from recipe.copd.batches import branch_timer, key_order, masked_mean, sampled_sym_kl, stable_uids, sub_batch
 from recipe.copd.branch import BranchTrainer, PromptStream, branch_config
+from recipe.copd.finish import export_branches, merge_branches
+from recipe.copd.metrics import MetricsSink, progress_line
+from recipe.copd.rollout import BranchRollout
+from recipe.copd.run_config import RunConfig
 from recipe.copd.setup import build_branch_components
 from recipe.copd.worker import PROBE_KEY, TOPK_KEY
 
@@ -46,53 +50,40 @@ logger = logging.getLogger(__name__)
 class CoPDTrainer(PPOTrainerSync):
     """K co-evolving branches, one verl job. See the module docstring."""
 
-    def __init__(self, config: DictConfig, copd_config: CoPDConfig):
+    def __init__(self, config: DictConfig, copd_config: CoPDConfig, run: RunConfig | None = None):
         super().__init__(config)
-        self.copd = copd_config
-        self.schedule = PhaseSchedule(
-            n_cycles=copd_config.n_cycles,
-            s_rl=copd_config.s_rl,
-            s_opd=copd_config.s_opd,
-            mode=copd_config.schedule_mode,
-            overlap_threshold=copd_config.overlap_threshold,
-            max_s_rl=copd_config.max_s_rl,
-            min_s_rl=copd_config.min_s_rl,
-        )
+        self.copd, self.run = copd_config, run or RunConfig()
+        self.schedule = copd_config.schedule()
         register_copd_adv_est()  # discoverable in verl's registry as "copd"
-        self.estimator = CoPDAdvantageEstimator(
-            beta={b.name: b.beta for b in copd_config.branches},
-            delta_clamp=copd_config.delta_clamp,
-            weighting=copd_config.weighting,
-            norm_adv_by_std_in_grpo=config.algorithm.get("norm_adv_by_std_in_grpo", True),
-            cross_reward=copd_config.cross_reward,
-        )
+        self.estimator = copd_config.estimator(config.algorithm.get("norm_adv_by_std_in_grpo", True))
         model_path = config.actor_rollout_ref.model.path
         self.branches: dict[str, BranchTrainer] = {
             spec.name: BranchTrainer(branch_config(config, spec, model_path), spec) for spec in copd_config.branches
         }
-        self.pairs = list(copd_config.pairs)
-        self.teachers = {name: [t for s, t in self.pairs if s == name] for name in self.branches}
+        self.teachers = {name: copd_config.teachers_of(name) for name in self.branches}
         self.out_dir = config.trainer.default_local_dir
-        self.metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
+        self.sink = MetricsSink(os.path.join(self.out_dir, "metrics.jsonl"))
         self._last_batches: dict[str, KVBatchMeta] = {}
 
     # ------------------------------------------------------------------ setup
     def _setup(self):
         self._init_tokenizer()
         self._init_dump_executor()
-        self.copd_seed = int(self.config.data.get("seed", 0) or 0)
-        self.cross_batch_size = int(self.config.copd.run.get("cross_batch_size") or self.config.data.train_batch_size)
+        self.copd_seed = int(self.config.data.get("seed") or 0)
+        self.cross_batch_size = self.run.cross_batch_size or int(self.config.data.train_batch_size)
         for branch in self.branches.values():
             branch.init_data(self.tokenizer, self.processor)
-        for student, teacher in self.pairs:  # one prompt stream of the teacher's data per (student, teacher)
-            spec = self.branches[teacher].spec
-            seed = int(self.config.data.get("seed") or 1) + 7919 * (1 + list(self.branches).index(student))
+        for student, teacher in self.copd.pairs:  # one prompt stream of the teacher's data per (student, teacher)
+            files = list(self.branches[teacher].spec.train_files)
+            seed = self.copd_seed + 7919 * (1 + list(self.branches).index(student))
             self.branches[student].cross_streams[teacher] = PromptStream(
-                list(spec.train_files), self.config.data, self.tokenizer, self.processor, self.cross_batch_size, seed
+                files, self.config.data, self.tokenizer, self.processor, self.cross_batch_size, seed
             )
         self.total_training_steps = self.schedule.total_steps
         self.steps_per_epoch = max(1, self.total_training_steps)
-        build_branch_components(self)  # worker groups, rollout servers, checkpoint engines, reward loop
+        # worker groups, rollout servers, checkpoint engines (attached to each branch), one shared reward loop
+        self.resource_pool_manager, self.reward_loop_manager = build_branch_components(self)
+        self.teacher_model_manager = None
         self.vocab_size = len(self.tokenizer)
         self._load_checkpoint()
 
@@ -121,8 +112,7 @@ class CoPDTrainer(PPOTrainerSync):
     def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
         pos = self.schedule.current()
         opd = pos.phase == Phase.OPD
-        probe = opd or (self.copd.metrics_interval > 0 and pos.step_in_phase % self.copd.metrics_interval == 0)
-        probe = probe or (self.copd.schedule_mode == "adaptive" and not opd)
+        probe = self.schedule.probe_due(self.copd.metrics_interval)
         t0 = time.time()
         for b in self.branches.values():
             b.global_steps = self.global_steps
@@ -146,49 +136,46 @@ class CoPDTrainer(PPOTrainerSync):
                 self._advantages(b, rollouts[b.name], metrics)
             with timed("update_actor", b):
                 m = {}
-                b._update_actor(rollouts[b.name]["batch"], metrics=m)
+                b.update(rollouts[b.name].batch, rollouts[b.name].n_prompts, metrics=m)
                 metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
-        self._last_batches = {name: r["batch"] for name, r in rollouts.items()}
+        self._last_batches = {name: r.batch for name, r in rollouts.items()}
         mean_overlap = float(np.mean(list(overlaps.values()))) if overlaps else None
         self.schedule.advance(overlap=mean_overlap if not opd else None)
         self.total_training_steps = self.global_steps + self.schedule.remaining_steps  # adaptive may end early
         metrics.update(
             {"copd/phase": pos.phase.value, "copd/cycle": pos.cycle, "copd/step_in_phase": pos.step_in_phase}
         )
-        self._progress_line(pos, metrics, overlaps, time.time() - t0)
-        keys = [k for r in rollouts.values() for k in r["batch"].keys]
-        tags = [t for r in rollouts.values() for t in r["batch"].tags]
+        rewards = {b.name: metrics.get(f"branch_{b.name}/copd/reward_native_mean") for b in self.trainable}
+        line = progress_line(self.global_steps, self.total_training_steps, pos, rewards, overlaps, time.time() - t0)
+        print(line, flush=True)
+        keys = [k for r in rollouts.values() for k in r.batch.keys]
+        tags = [t for r in rollouts.values() for t in r.batch.tags]
         return KVBatchMeta(partition_id="train", keys=keys, tags=tags)
 
-    def _rollout(self, b: BranchTrainer, opd: bool) -> dict:
+    def _rollout(self, b: BranchTrainer, opd: bool) -> BranchRollout:
         """Generate the branch's native batch and its cross batches with the branch's current weights."""
         b.checkpoint_manager.update_weights(self.global_steps)  # wake the branch's servers with its weights
-        parts, cross_uids = [], {}
+        parts, teacher_of_uid = [], {}
         if b.has_data:
             parts.append(self._with_stable_uids(b._next_train_batch(), b.name, "native"))
         if opd:
             for teacher in self.teachers[b.name]:
                 batch = b.cross_streams[teacher].next_batch(self.global_steps)
                 batch = self._with_stable_uids(batch, b.name, f"cross:{teacher}")
-                cross_uids[teacher] = set(batch["uid"])
+                teacher_of_uid.update({uid: teacher for uid in batch["uid"]})
                 parts.append(batch)
         if not parts:
             raise RuntimeError(f"branch {b.name} has neither data nor a teacher in this phase: nothing to train on")
         n_prompts = 0
         for part in parts:  # all prompts of this branch go to its agent loop at once (one batched rollout)
             n_prompts += b._submit_batch_to_rollout(part)
-        b.update_scale = n_prompts / self.config.data.train_batch_size
         batch, off_policy = self.replay_buffer.sample(self.global_steps, partition_id="train", batch_size=n_prompts)
         rank = {uid: i for i, uid in enumerate(u for part in parts for u in part["uid"])}
         batch.reorder(sorted(range(len(batch)), key=lambda i: key_order(batch.keys[i], rank)))  # arrival-independent
         b.checkpoint_manager.sleep_replicas()  # free the rollout's memory for the next branch / training
         batch.extra_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
         batch = b._balance_batch(batch, metrics={})
-        teacher_of_key = {}
-        for key in batch.keys:
-            uid = key.split("_")[0]
-            teacher_of_key[key] = next((t for t, uids in cross_uids.items() if uid in uids), None)
-        return {"batch": batch, "teacher_of_key": teacher_of_key}
+        return BranchRollout.from_batch(batch, teacher_of_uid, n_prompts)
 
     def _with_stable_uids(self, batch, branch: str, part: str):
         """Replace verl's random uuid4 uids with ones fixed by (seed, branch, step, part, row): a resumed run
@@ -197,8 +184,9 @@ class CoPDTrainer(PPOTrainerSync):
         tu.assign_non_tensor_stack(batch, "uid", uids)
         return batch
 
-    def _student_log_probs(self, b: BranchTrainer, rollout: dict, probe: bool, metrics: dict) -> None:
-        batch = rollout["batch"]
+    def _student_log_probs(self, b: BranchTrainer, rollout: BranchRollout, probe: bool, metrics: dict) -> None:
+        """verl's own old-log-prob pass (plus the student side of the probe); keeps mask, rewards and log-probs."""
+        batch = rollout.batch
         if probe:
             batch.extra_info.update({PROBE_KEY: "student", TOPK_KEY: self.copd.overlap_k})
         m = {}
@@ -206,90 +194,78 @@ class CoPDTrainer(PPOTrainerSync):
         for key in (PROBE_KEY, TOPK_KEY):
             batch.extra_info.pop(key, None)
         metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
+        fields = ["response_mask", "rm_scores", "old_log_probs"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=fields)
+        rollout.response_mask_B_T = data["response_mask"]
+        rollout.rewards_B_T = data["rm_scores"].to_padded_tensor(0.0)
+        rollout.old_log_probs_B_T = data["old_log_probs"].to_padded_tensor(0.0)
 
-    def _teacher_log_probs(self, b: BranchTrainer, rollout: dict, opd: bool, probe: bool, metrics: dict) -> dict:
-        """Each teacher scores the student's sequences (temperature 1, training engine)."""
-        batch, overlaps = rollout["batch"], {}
+    def _teacher_log_probs(
+        self, b: BranchTrainer, rollout: BranchRollout, opd: bool, probe: bool, metrics: dict
+    ) -> dict[str, float]:
+        """Each teacher scores the student's sequences (temperature 1, training engine); returns O_k per pair.
+
+        Phase II: on the cross rows of the teacher's prompts (their log-probs feed delta, Eq. 8). A probed Phase I
+        step: on the student's native rows, for the overlap only.
+        """
+        overlaps = {}
         for teacher in self.teachers[b.name]:
-            if opd:
-                keys = [k for k in batch.keys if rollout["teacher_of_key"][k] == teacher]
-            elif probe:  # Phase I: the probe runs on the student's own trajectories
-                keys = [k for k in batch.keys if rollout["teacher_of_key"][k] is None]
-            else:
+            if not (opd or probe):
                 continue
-            if not keys:
+            rows = rollout.rows_of(teacher if opd else None)
+            if not rows:
                 continue
-            sub = sub_batch(batch, keys)
+            keys = [rollout.batch.keys[i] for i in rows]
+            sub = sub_batch(rollout.batch, keys)
             sub.extra_info.update({"calculate_entropy": False, "compute_loss": False, "temperature": 1.0})
             if probe:
                 sub.extra_info.update({PROBE_KEY: "teacher", TOPK_KEY: self.copd.overlap_k})
             self.branches[teacher].actor_rollout_wg.compute_log_prob(sub)
-            fields = ["log_probs", "response_mask"] + (["copd_overlap", "copd_topk_skl"] if probe else [])
+            fields = ["log_probs"] + (["copd_overlap", "copd_topk_skl"] if probe else [])
             data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
-            mask = data["response_mask"]
-            teacher_lp = response_from_nested(data["log_probs"], mask)
+            mask = rollout.mask_rows(rows)
+            teacher_lp = response_from_nested(data["log_probs"], mask).to_padded_tensor(0.0)
+            padded_mask = mask.to_padded_tensor(0)
             if opd:
-                self._guard_teacher(teacher, teacher_lp, mask)
-                tq.kv_batch_put(
-                    keys=keys,
-                    partition_id="train",
-                    fields=TensorDict({"teacher_log_probs": teacher_lp}, batch_size=len(keys)),
-                )
-            tag = f"{b.name}<-{teacher}"
+                self._guard_teacher(teacher, teacher_lp, padded_mask)
+                rollout.teacher_log_probs[teacher] = teacher_lp  # stays on the driver
             if probe:
-                overlap = masked_mean(response_from_nested(data["copd_overlap"], mask), mask)
-                overlaps[tag] = overlap
-                metrics[f"copd/overlap/{tag}"] = overlap
+                tag = f"{b.name}<-{teacher}"
+                overlaps[tag] = masked_mean(response_from_nested(data["copd_overlap"], mask), mask)
+                metrics[f"copd/overlap/{tag}"] = overlaps[tag]
                 metrics[f"copd/topk_sym_kl/{tag}"] = masked_mean(
                     response_from_nested(data["copd_topk_skl"], mask), mask
                 )
-                old = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["old_log_probs"])["old_log_probs"]
-                metrics[f"copd/sym_kl/{tag}"] = sampled_sym_kl(old, teacher_lp, mask)
+                student_lp = rollout.old_log_probs_B_T[rows, : teacher_lp.shape[1]]
+                metrics[f"copd/sym_kl/{tag}"] = sampled_sym_kl(student_lp, teacher_lp, padded_mask)
         return overlaps
 
-    def _guard_teacher(self, teacher: str, teacher_lp, mask) -> None:
+    def _guard_teacher(self, teacher: str, teacher_lp_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> None:
         """Stop on a broken teacher: NaN scores, or log(1/V) on every token (weights not restored)."""
         if not self.copd.teacher_guard:
             return
-        lp = teacher_lp.to_padded_tensor(0.0) if teacher_lp.is_nested else teacher_lp
-        m = mask.to_padded_tensor(0) if mask.is_nested else mask
-        if torch.isnan(lp[m.bool()]).any():
+        if torch.isnan(teacher_lp_B_T[mask_B_T.bool()]).any():
             raise RuntimeError(f"teacher branch {teacher} returned NaN log-probs: its weights are broken; stopping")
-        if teacher_looks_uniform(lp, m, self.vocab_size, tol=self.copd.uniform_guard_tol):
+        if teacher_looks_uniform(teacher_lp_B_T, mask_B_T, self.vocab_size, tol=self.copd.uniform_guard_tol):
             raise RuntimeError(
                 f"teacher branch {teacher} scores every token at log(1/V): its weights look unloaded "
                 "(woken without weights?); stopping before it collapses the student"
             )
 
-    def _advantages(self, b: BranchTrainer, rollout: dict, metrics: dict) -> None:
+    def _advantages(self, b: BranchTrainer, rollout: BranchRollout, metrics: dict) -> None:
         """CoPDAdvantageEstimator on the union batch: the single place advantages are computed."""
-        batch = rollout["batch"]
-        fields = ["response_mask", "rm_scores", "old_log_probs"]
-        data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=fields)
-        nested_mask = data["response_mask"]
-        mask = nested_mask.to_padded_tensor(0)
-        rewards = data["rm_scores"].to_padded_tensor(0.0)
-        old = data["old_log_probs"].to_padded_tensor(0.0)
-        uid = np.array([key.split("_")[0] for key in batch.keys], dtype=object)  # keys are {uid}_{session}_{i}
-        teachers = [rollout["teacher_of_key"][k] for k in batch.keys]
-        cross = torch.tensor([t is not None for t in teachers])
-        teacher_lp = torch.zeros_like(old)
-        if cross.any():
-            cross_keys = [k for k, t in zip(batch.keys, teachers, strict=True) if t is not None]
-            got = tq.kv_batch_get(keys=cross_keys, partition_id="train", select_fields=["teacher_log_probs"])
-            teacher_lp[cross] = got["teacher_log_probs"].to_padded_tensor(
-                0.0, output_size=(len(cross_keys), old.shape[1])
-            )
-        order = {t: i + 1 for i, t in enumerate(self.teachers[b.name])}
-        subbatch = torch.tensor([order.get(t, 0) for t in teachers])
+        mask = rollout.response_mask_B_T.to_padded_tensor(0)
+        rewards, cross = rollout.rewards_B_T, rollout.cross_B
         adv, ret, m = self.estimator(
-            token_level_rewards=rewards, response_mask=mask, index=uid, old_log_probs=old,
-            teacher_log_probs=teacher_lp, cross_mask=cross, student=b.name, subbatch_ids=subbatch,
+            token_level_rewards=rewards, response_mask=mask, index=np.array(rollout.uid_B, dtype=object),
+            old_log_probs=rollout.old_log_probs_B_T, teacher_log_probs=rollout.teacher_log_probs_B_T(),
+            cross_mask=cross, student=b.name, subbatch_ids=rollout.subbatch_ids(self.teachers[b.name]),
         )  # fmt: skip
+        nested_mask = rollout.response_mask_B_T
         out = {"advantages": response_to_nested(adv, nested_mask), "returns": response_to_nested(ret, nested_mask)}
-        tq.kv_batch_put(keys=batch.keys, partition_id="train", fields=TensorDict(out, batch_size=len(batch)))
+        tq.kv_batch_put(keys=rollout.batch.keys, partition_id="train", fields=TensorDict(out, batch_size=len(rollout)))
         metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
-        metrics[f"branch_{b.name}/copd/rows"] = len(batch)
+        metrics[f"branch_{b.name}/copd/rows"] = len(rollout)
         metrics[f"branch_{b.name}/copd/response_tokens"] = int(mask.sum())
         if (~cross).any():
             metrics[f"branch_{b.name}/copd/reward_native_mean"] = float(rewards[~cross].sum(-1).mean())
@@ -305,16 +281,7 @@ class CoPDTrainer(PPOTrainerSync):
             metrics.update({f"branch_{name}/{k}": v for k, v in m.items() if not k.startswith("training/")})
         metrics.update({"training/global_step": global_steps, "training/epoch": epoch})
         metrics.update({f"timing_s/{k}": v for k, v in timing_raw.items()})
-        self._append_metrics(global_steps, metrics)
-
-    def _append_metrics(self, step: int, metrics: dict) -> None:
-        os.makedirs(self.out_dir, exist_ok=True)
-        row = {"step": step}
-        for k, v in metrics.items():
-            if isinstance(v, (int, float, np.floating, np.integer, str)):
-                row[k] = v.item() if isinstance(v, (np.floating, np.integer)) else v
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.sink.append(global_steps, metrics)
 
     def _validate(self) -> dict:
         out = {}
@@ -338,16 +305,6 @@ class CoPDTrainer(PPOTrainerSync):
     def _load_checkpoint(self):
         ckpt.load(self)
 
-    def _progress_line(self, pos, metrics: dict, overlaps: dict, seconds: float) -> None:
-        parts = [
-            f"[copd] step {self.global_steps}/{self.total_training_steps} cycle {pos.cycle + 1} {pos.phase.value:>3}"
-        ]
-        for b in self.trainable:
-            score = metrics.get(f"branch_{b.name}/copd/reward_native_mean")
-            parts.append(f"{b.name}: reward {score:.3f}" if score is not None else f"{b.name}")
-        parts += [f"O_k {tag} {v:.3f}" for tag, v in overlaps.items()]
-        print(" | ".join(parts) + f" | {seconds:.1f}s", flush=True)
-
     def _validate_merged(self, merged: str) -> dict:
         """Validate the merged model through verl's rollout on every branch's validation data.
 
@@ -363,39 +320,19 @@ class CoPDTrainer(PPOTrainerSync):
             out.update({f"merged/{k}": v for k, v in self._validate_branch(b).items()})
         if out:
             self.logger.log(data=out, step=self.global_steps)
-            self._append_metrics(self.global_steps, out)
+            self.sink.append(self.global_steps, out)
         return out
 
     def finish(self) -> dict:
-        """Export every branch to HF format and merge the trainable ones into ``merged/``."""
-        from copd.merge import merge_checkpoints
-
-        hf_dir = os.path.join(self.out_dir, "hf")
-        paths = {}
-        for b in self.branches.values():
-            path = os.path.join(hf_dir, f"branch_{b.name}")
-            b.actor_rollout_wg.export_hf(path)
-            paths[b.name] = path
-        trainable = [paths[b.name] for b in self.trainable]
-        merged = os.path.join(self.out_dir, "merged")
-        weights = None
-        if self.copd.merge_weights is not None:
-            weights = [
-                w for w, b in zip(self.copd.merge_weights, self.branches.values(), strict=True) if not b.spec.frozen
-            ]
-        if len(trainable) == 1:
-            merge_checkpoints(trainable * 2, merged, method="average", overwrite=True, progress=False)
-        else:
-            base = (
-                self.config.actor_rollout_ref.model.path
-                if self.copd.merge_method in ("task_arithmetic", "ties")
-                else None
-            )
-            merge_checkpoints(trainable, merged, method=self.copd.merge_method, weights=weights, base=base,
-                              overwrite=True, progress=False)  # fmt: skip
+        """Export every branch to HF format, merge the trainable ones into ``merged/``, validate the merge."""
+        paths = export_branches(self.branches, self.out_dir)
+        base = self.config.actor_rollout_ref.model.path
+        merged = merge_branches(self.copd, paths, os.path.join(self.out_dir, "merged"), base)
         result = {"branches": paths, "merged": merged, "phases": [list(p) for p in self.schedule.phases()]}
-        if self.config.copd.run.get("validate_merged", True) and any(b.spec.val_files for b in self.trainable):
+        if self.run.validate_merged and any(b.spec.val_files for b in self.trainable):
             result["merged_val"] = self._validate_merged(merged)
-        with open(os.path.join(self.out_dir, "copd_result.json"), "w") as f:
+        tmp = os.path.join(self.out_dir, "copd_result.json.tmp")
+        with open(tmp, "w") as f:
             json.dump(result, f, indent=1, default=str)
+        os.replace(tmp, os.path.join(self.out_dir, "copd_result.json"))
         return result

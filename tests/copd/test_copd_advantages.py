@@ -10,6 +10,7 @@ from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, get_adv_
 from copd.advantages import (
     CoPDAdvantageEstimator,
     compute_copd_advantage,
+    copd_adv_estimator,
     register_copd_adv_est,
     subbatch_scale,
     teacher_looks_uniform,
@@ -198,7 +199,7 @@ def test_registered_in_verl_registry_idempotently():
     register_copd_adv_est()
     register_copd_adv_est()
     fn = get_adv_estimator_fn("copd")
-    assert fn is compute_copd_advantage
+    assert fn is copd_adv_estimator
     rewards, mask = _rows([1.0, 0.0], [[1], [1]])
     adv, _ = fn(
         token_level_rewards=rewards,
@@ -211,6 +212,51 @@ def test_registered_in_verl_registry_idempotently():
         beta=1.0,
     )
     torch.testing.assert_close(adv, torch.tensor([[1 / (1 + 1e-6)], [-1.0]]))
+
+
+def test_registered_estimator_reads_verl_distillation_field_and_finds_cross_rows():
+    """`teacher_logprobs` in verl's distillation shape (B, T, 1): rows with teacher scores get beta * delta."""
+    register_copd_adv_est()
+    rewards, mask = _rows([1.0, 0.0, 0.5], [[1, 1], [1, 1], [1, 0]])
+    old = torch.tensor([[-1.0, -1.0], [-1.0, -2.0], [-0.5, 0.0]])
+    teacher = torch.tensor([[0.0, 0.0], [0.0, 0.0], [-1.5, 0.0]]).unsqueeze(-1)  # only row 2 was scored
+    adv, _ = get_adv_estimator_fn("copd")(
+        token_level_rewards=rewards, response_mask=mask, config={"copd_beta": 2.0}, index=np.array(["u", "u", "c"]),
+        old_log_probs=old, teacher_logprobs=teacher,
+    )  # fmt: skip
+    # native rows u: scores 1, 0 -> mean 0.5, std 0.7071 -> +-0.7071; cross row: 2 * (-1.5 - -0.5) = -2 on its token
+    g = 0.5 / (0.5**0.5 + 1e-6)
+    torch.testing.assert_close(adv, torch.tensor([[g, g], [-g, -g], [-2.0, 0.0]]))
+
+
+def test_through_verls_compute_advantage_it_is_grpo_and_says_so_once(monkeypatch):
+    """verl's stock compute_advantage forwards no teacher log-probs: the estimator equals GRPO and warns once."""
+    from verl import DataProto
+    from verl.trainer.config import AlgoConfig
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    from copd import advantages
+
+    register_copd_adv_est()
+    monkeypatch.setattr(advantages, "_warned_grpo_only", False)
+    rewards, mask = _rows([1.0, 0.0, 0.0, 1.0], [[1, 1], [1, 0], [1, 1], [1, 1]])
+    uid = np.array(["a", "a", "b", "b"], dtype=object)
+
+    def run(estimator):
+        data = DataProto.from_dict(
+            tensors={"token_level_rewards": rewards, "response_mask": mask}, non_tensors={"uid": uid}
+        )
+        return compute_advantage(data, adv_estimator=estimator, config=AlgoConfig(adv_estimator=estimator))
+
+    with pytest.warns(UserWarning, match="plain GRPO"):
+        ours = run("copd")
+    grpo = run("grpo")
+    torch.testing.assert_close(ours.batch["advantages"], grpo.batch["advantages"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run("copd")  # the second call is silent
 
 
 def test_teacher_looks_uniform():

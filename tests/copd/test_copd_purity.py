@@ -1,12 +1,13 @@
 """`copd` stays a pure library: importing it pulls no ray, hydra or verl (verl only on explicit registration)."""
 
-import importlib.util
+import pkgutil
 import subprocess
 import sys
 
-MODULES = ["copd", "copd.overlap", "copd.schedule", "copd.topology", "copd.config", "copd.advantages"]
-if importlib.util.find_spec("copd.merge") is not None:
-    MODULES.append("copd.merge")
+import copd
+
+# every module of the package, found by walking it (a new module is checked without editing this list)
+MODULES = ["copd"] + [m.name for m in pkgutil.walk_packages(copd.__path__, "copd.") if not m.name.endswith("__main__")]
 
 CHECK = """
 import sys

@@ -3,9 +3,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from recipe.copd.agent_loop import NAME, sample_seed
+from recipe.copd.agent_loop import AGENT_LOOPS_YAML, NAME, register_agent_loop, sample_seed
 from recipe.copd.batches import stable_uids
-from recipe.copd.main import AGENT_LOOPS_YAML, register_agent_loop
 
 
 def test_stable_uids_repeat_across_runs_and_differ_within_one():

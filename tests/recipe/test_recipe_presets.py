@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from recipe.copd.main import copd_config_from
+from recipe.copd.preflight import copd_config_from, run_config_from
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted(
@@ -24,6 +24,7 @@ def test_preset_composes_and_validates(name, monkeypatch, tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name=name)
     copd = copd_config_from(cfg)
+    run_config_from(cfg)  # copd.run: unknown keys would raise
     assert len(copd.branches) >= 1
     assert cfg.actor_rollout_ref.rollout.name == "vllm"
 

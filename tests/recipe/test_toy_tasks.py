@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from copd.tiny.char_tokenizer import build_char_tokenizer
 from recipe.copd.toy.evaluate import chat_prompt_ids, format_table, left_pad
 from recipe.copd.toy.reward import compute_score, extract_answer
 from recipe.copd.toy.tasks import (
@@ -19,7 +20,6 @@ from recipe.copd.toy.tasks import (
     read_problems,
     write_verl_parquet,
 )
-from recipe.copd.toy.tokenizer import build_char_tokenizer
 
 
 def test_problem_text_and_answer():

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from copd.tiny.char_tokenizer import build_char_tokenizer
 from recipe.copd.toy.evaluate import evaluate_models, format_table, greedy_accuracy, greedy_answers
 from recipe.copd.toy.tasks import make_problems
-from recipe.copd.toy.tokenizer import build_char_tokenizer
 from recipe.copd.toy.warmstart import (
     IGNORE,
     batch_counts,

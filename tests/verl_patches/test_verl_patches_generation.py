@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from recipe.copd.toy.model import build_tiny_qwen3
-from recipe.copd.toy.tokenizer import build_char_tokenizer
+from copd.tiny.char_tokenizer import build_char_tokenizer
+from copd.tiny.qwen3 import build_tiny_qwen3
 from verl_patches.hf_rollout.generation import (
     SamplingParams,
     generate_batch,

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
 import verl_patches
-from recipe.copd.toy.model import save_tiny
+from copd.tiny.qwen3 import save_tiny
 
 verl_patches.apply_all()
 
@@ -139,7 +139,7 @@ def build_tiny_qwen2_vl(path):
     """A random Qwen2-VL over the char vocabulary: ids 96/100/94 serve as vision start / image pad / vision end."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from recipe.copd.toy.tokenizer import build_char_tokenizer
+    from copd.tiny.char_tokenizer import build_char_tokenizer
 
     text = dict(
         vocab_size=101,

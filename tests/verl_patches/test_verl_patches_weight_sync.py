@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import verl_patches
-from recipe.copd.toy.model import save_tiny
+from copd.tiny.qwen3 import save_tiny
 
 verl_patches.apply_all()
 

@@ -194,8 +194,8 @@ def warm_start(
     out of the hash (they change speed and output, not the recipe); `time_budget_s` is in it, since it can stop the
     run early. fp32 throughout (bf16 is far slower on these CPUs).
     """
-    from recipe.copd.toy.model import build_tiny_qwen3
-    from recipe.copd.toy.tokenizer import build_char_tokenizer
+    from copd.tiny.char_tokenizer import build_char_tokenizer
+    from copd.tiny.qwen3 import build_tiny_qwen3
 
     out_dir = Path(out_dir)
     args = dict(

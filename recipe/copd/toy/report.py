@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from omegaconf import DictConfig
 
 from copd.config import CoPDConfig
+
+
+def toy_finish(config: DictConfig, prepared, result: dict, t0: float) -> dict:
+    """After the CoPD run of the embedded default: the optional experts baseline, then the report."""
+    if prepared.run.toy.baseline:
+        from recipe.copd.toy.baseline import run_baseline
+
+        result["baseline_average"] = run_baseline(config, prepared.copd, prepared.run)
+    return toy_report(config, prepared.copd, result, prepared.toy_files, time.time() - t0)
 
 
 def toy_report(config: DictConfig, copd: CoPDConfig, result: dict, files: dict, seconds: float) -> dict:

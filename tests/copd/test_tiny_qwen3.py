@@ -3,8 +3,8 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recipe.copd.toy.model import build_tiny_qwen3, save_tiny
-from recipe.copd.toy.tokenizer import CHARS, SPECIALS, build_char_tokenizer
+from copd.tiny.char_tokenizer import CHARS, SPECIALS, build_char_tokenizer
+from copd.tiny.qwen3 import build_tiny_qwen3, save_tiny
 
 
 def test_every_char_is_one_token_and_round_trips():

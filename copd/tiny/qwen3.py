@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
-from recipe.copd.toy.tokenizer import build_char_tokenizer
+from copd.tiny.char_tokenizer import build_char_tokenizer
 
 
 def build_tiny_qwen3(

@@ -1,0 +1,87 @@
+"""Everything that can reject a run's input, done before Ray or any model starts: the ``copd:`` and ``copd.run``
+knobs, the files the branches name, the rollout backend, the model path. Each failure is one actionable
+``ValueError`` line (``recipe.copd.main`` prints it and exits 2)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from copd.config import CoPDConfig
+from recipe.copd.run_config import RunConfig
+
+RECIPE_KEYS = ("run",)  # recipe-level settings under `copd:` that are not algorithm knobs
+
+
+@dataclass(frozen=True)
+class Prepared:
+    copd: CoPDConfig  # the validated algorithm knobs
+    run: RunConfig  # the recipe's own settings (copd.run)
+    toy_files: dict | None  # the embedded default's data files per skill and split; None for a user's run
+
+
+def copd_config_from(config: DictConfig) -> CoPDConfig:
+    """The validated algorithm config from the hydra node ``copd`` (recipe keys removed)."""
+    node = OmegaConf.to_container(config.copd, resolve=True)
+    for key in RECIPE_KEYS:
+        node.pop(key, None)
+    return CoPDConfig.from_dict(node)
+
+
+def run_config_from(config: DictConfig) -> RunConfig:
+    """The validated ``copd.run`` node."""
+    return RunConfig.from_dict(OmegaConf.to_container(config.copd.get("run") or {}, resolve=True))
+
+
+def check_inputs(config: DictConfig, copd: CoPDConfig) -> None:
+    """Fail fast, before Ray starts, on files that do not exist and on backends that cannot hold K branches."""
+    for b in copd.branches:
+        for path in (*b.train_files, *b.val_files):
+            if not os.path.exists(path):
+                raise ValueError(f"branch {b.name}: data file not found: {path}")
+        if b.init_path and not os.path.isdir(b.init_path):
+            raise ValueError(f"branch {b.name}: init_path is not a folder: {b.init_path}")
+        if b.reward_path and not os.path.exists(b.reward_path):
+            raise ValueError(f"branch {b.name}: reward_path not found: {b.reward_path}")
+    rollout = config.actor_rollout_ref.rollout
+    trainable = copd.trainable_branches
+    if len(trainable) > 1 and rollout.name not in ("vllm", "hf"):
+        raise ValueError(
+            f"actor_rollout_ref.rollout.name={rollout.name} names its servers by replica rank only, so "
+            f"{len(trainable)} trainable branches would collide; use rollout.name=vllm (or hf on CPU)"
+        )
+    if len(trainable) > 1 and rollout.get("disaggregation", {}).get("enabled", False):
+        raise ValueError(
+            "actor_rollout_ref.rollout.disaggregation.enabled=true: verl's PD replicas name their servers by "
+            "replica rank only, so several trainable branches would collide; set it to false"
+        )
+    model = str(config.actor_rollout_ref.model.path)
+    needs_base = any(not b.init_path for b in copd.branches)
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1  # "org/name" is a hub id
+    if needs_base and looks_local and not os.path.isdir(model):
+        raise ValueError(f"actor_rollout_ref.model.path is not a folder: {model}")
+
+
+def prepare(config: DictConfig) -> Prepared:
+    """Validate, build the toy if it is the run (cached), and fill in what the run needs; ``config`` is updated."""
+    from recipe.copd.agent_loop import register_agent_loop
+    from recipe.copd.platform_setup import apply_platform
+    from recipe.copd.reward import route_rewards
+
+    run = run_config_from(config)
+    copd_config_from(config)  # validate the knobs before building anything
+    toy_files = None
+    if run.toy.enable:
+        from recipe.copd.toy.prepare import prepare_toy
+
+        toy_files = prepare_toy(config, run.toy)
+    copd = copd_config_from(config)
+    check_inputs(config, copd)
+    apply_platform(config)  # verl_patches before any verl worker module is imported
+    register_agent_loop(config)
+    route_rewards(config, copd)
+    with open_dict(config):
+        config.trainer.default_local_dir = os.path.abspath(config.trainer.default_local_dir)
+    return Prepared(copd, run, toy_files)

@@ -1,0 +1,50 @@
+"""The recipe's own settings under ``copd.run`` (not algorithm knobs), as frozen dataclasses that reject unknown keys
+like the rest of ``copd:`` (a typo such as ``copd.run.validate_merge=false`` fails before anything starts)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from copd.config import known_keys
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    enable: bool = False  # build the embedded two-skill task, tiny model and warm start (the default run)
+    workdir: str = "outputs/copd_toy"  # data, warm-started model and run outputs of the toy
+    n_train: int = 2000  # training problems per skill
+    n_val: int = 64  # validation problems per skill (verl's validation and the warm start's stopping rule)
+    n_test: int = 300  # held-out problems per skill of the closing table
+    warm_start_steps: int = 1000  # a maximum: the warm start stops once it reaches its target accuracy
+    baseline: bool = False  # also train the branches independently (S_OPD = 0) and report their plain average
+
+    def __post_init__(self):
+        for name in ("enable", "baseline"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"copd.run.toy.{name}={getattr(self, name)!r} must be true or false")
+        for name in ("n_train", "n_val", "n_test", "warm_start_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"copd.run.toy.{name}={value!r} must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    cross_batch_size: int | None = None  # prompts per cross batch (None: data.train_batch_size)
+    validate_merged: bool = True  # validate the merged model through the rollout on every branch's val data
+    toy: ToyConfig = field(default_factory=ToyConfig)  # the embedded default
+
+    def __post_init__(self):
+        size = self.cross_batch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"copd.run.cross_batch_size={size!r} must be an integer >= 1, or null")
+        if not isinstance(self.validate_merged, bool):
+            raise ValueError(f"copd.run.validate_merged={self.validate_merged!r} must be true or false")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> RunConfig:
+        kwargs = known_keys(cls, d or {}, "copd.run")
+        kwargs["toy"] = ToyConfig(**known_keys(ToyConfig, kwargs.get("toy") or {}, "copd.run.toy"))
+        return cls(**kwargs)
