@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 MODULES = ["copd", "copd.overlap", "copd.schedule", "copd.topology", "copd.config", "copd.advantages"]
+MODULES += ["copd.tiny", "copd.tiny.qwen3vl", "copd.tiny.vl_tokenizer", "copd.tiny.qwen3vl_processing"]
 if importlib.util.find_spec("copd.merge") is not None:
     MODULES.append("copd.merge")
 
