@@ -33,17 +33,25 @@ class TinyQwen3VLVideoProcessor(Qwen3VLVideoProcessor):
         return video
 
     def resize(self, image: torch.Tensor, size: SizeDict, resample=None, **kwargs) -> torch.Tensor:
-        """Resize every (C, H, W) frame of `image` (..., C, H, W) to (size.height, size.width) with PIL."""
+        """Resize every (C, H, W) frame of `image` (..., C, H, W) to (size.height, size.width) with PIL.
+
+        PIL resizes 8-bit pixels: float frames (verl's dataset hands over 0..255 floats) are rounded first; the
+        result keeps the input's dtype.
+        """
         resample = PILImageResampling(resample if resample is not None else self.resample)
         lead, (channels, height, width) = image.shape[:-3], image.shape[-3:]
         if (height, width) == (size.height, size.width):
             return image
-        frames = image.reshape(-1, channels, height, width).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        frames = image.reshape(-1, channels, height, width)
+        if frames.is_floating_point():
+            frames = frames.round().clamp(0, 255)
+        frames = frames.to(torch.uint8).permute(0, 2, 3, 1).numpy()
         resized = [
             np.asarray(Image.fromarray(frame).resize((size.width, size.height), resample=resample)) for frame in frames
         ]
         out = torch.from_numpy(np.stack(resized)).reshape(-1, size.height, size.width, channels)
-        return out.permute(0, 3, 1, 2).reshape(*lead, channels, size.height, size.width).contiguous()
+        out = out.permute(0, 3, 1, 2).reshape(*lead, channels, size.height, size.width)
+        return out.to(image.dtype).contiguous()
 
     def normalize(self, image: torch.Tensor, mean, std, **kwargs) -> torch.Tensor:
         """(image - mean) / std per channel (dim -3), in float32."""
