@@ -2,7 +2,7 @@
 
 `build_tiny_qwen3vl(dir)` writes `Qwen3VLForConditionalGeneration` weights, config, generation config, the
 tokenizer (`copd.tiny.vl_tokenizer`), the image processor (transformers' PIL `Qwen2VLImageProcessorPil`, the slow
-one), the video processor (`copd.tiny.video_processor`, loaded as remote code) and `Qwen3VLProcessor`'s config
+one), the video processor (`copd.tiny.qwen3vl_processing`, loaded as remote code) and `Qwen3VLProcessor`'s config
 and chat template. `install_hub_cache(repo_id)` puts that folder into a Hugging Face cache
 (`models--org--name/snapshots/<rev>`, `refs/main`) so that `from_pretrained(repo_id)` works with
 `HF_HUB_OFFLINE=1` and `HF_HUB_CACHE` (or `HF_HOME`) pointing there.
@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -202,3 +203,31 @@ def install_hub_cache(repo_id: str = DEFAULT_REPO_ID, cache_dir: str | None = No
     ref_tmp.write_text(revision)
     os.replace(ref_tmp, repo / "refs" / "main")
     return str(snapshot)
+
+
+def main(argv=None) -> int:
+    """`python -m copd.tiny.qwen3vl [--repo-id ORG/NAME] [--cache-dir DIR] [--out DIR] [--seed N]`: install into the
+    hub cache (default) or write a plain folder (`--out`); prints the path."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m copd.tiny.qwen3vl", description=main.__doc__.splitlines()[0])
+    p.add_argument("--repo-id", default=DEFAULT_REPO_ID, help="hub id to install under")
+    p.add_argument("--cache-dir", default=None, help="hub cache (default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache)")
+    p.add_argument("--out", default=None, help="write a plain model folder here instead of the hub cache")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        path = (
+            build_tiny_qwen3vl(args.out, args.seed)
+            if args.out
+            else install_hub_cache(args.repo_id, args.cache_dir, args.seed)
+        )
+    except ValueError as err:
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

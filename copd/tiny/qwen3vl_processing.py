@@ -1,4 +1,4 @@
-"""A Qwen3-VL video processor that needs no torchvision (PIL resize, torch arithmetic).
+"""Qwen3-VL's processor and video processor without torchvision (PIL resize, torch arithmetic).
 
 transformers' `Qwen3VLVideoProcessor` reaches torchvision in exactly three places: `convert_to_rgb`, `resize` and
 `normalize`. This subclass overrides those three the way the slow (PIL) image processors do them: each frame is
@@ -7,8 +7,11 @@ Everything else (frame sampling, smart resize, temporal padding, patch order, `v
 processor's timestamps) is Qwen3-VL's own code. On a box with torchvision, outputs differ from the fast processor
 only by the resize kernel (PIL vs torchvision bicubic with antialias).
 
+Without torchvision, `ProcessorMixin` also rejects any video processor (see `Qwen3VLProcessor` below).
+
 This file is self-contained (imports transformers, torch, numpy and PIL only) because `build_tiny_qwen3vl` also
-copies it into the model folder, where `AutoVideoProcessor` loads it as remote code (`trust_remote_code=True`).
+copies it into the model folder, where `AutoProcessor` / `AutoVideoProcessor` load it as remote code
+(`trust_remote_code=True`).
 """
 
 import numpy as np

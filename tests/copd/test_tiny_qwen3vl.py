@@ -201,3 +201,10 @@ def test_forward_generate_backward(hub, processor):
     model.train()
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
     assert model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0  # gradients reach the vision tower
+
+
+def test_cli_refuses_a_bad_repo_id(capsys):
+    from copd.tiny.qwen3vl import main
+
+    assert main(["--repo-id", "no-slash"]) == 2
+    assert "org/name" in capsys.readouterr().err
