@@ -208,3 +208,14 @@ def test_cli_refuses_a_bad_repo_id(capsys):
 
     assert main(["--repo-id", "no-slash"]) == 2
     assert "org/name" in capsys.readouterr().err
+
+
+def test_float_frames_resize_like_their_uint8_pixels(processor):
+    """verl's dataset hands over float frames (0..255): they are rounded to 8 bits before PIL resizes them."""
+    frames_u8 = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    jitter = torch.rand(frames_u8.shape, generator=torch.Generator().manual_seed(5)) * 0.8 - 0.4  # rounds back
+    outs = [
+        processor.video_processor(videos=[v], do_sample_frames=False, return_tensors="pt")["pixel_values_videos"]
+        for v in (frames_u8, frames_u8.float() + jitter)
+    ]
+    torch.testing.assert_close(outs[1], outs[0], atol=0, rtol=0)
