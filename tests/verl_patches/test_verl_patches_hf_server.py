@@ -298,3 +298,9 @@ def test_video_and_image_requests_match_a_plain_forward(qwen3vl_server):
 def test_audio_is_refused(server):
     with pytest.raises(NotImplementedError, match="audio"):
         asyncio.run(server.generate(prompt_ids=[5], sampling_params=sampling(), request_id="a", audio_data=[b""]))
+
+
+def test_video_without_a_processor_says_what_to_set(server):
+    frames = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        asyncio.run(server.generate(prompt_ids=[5], sampling_params=sampling(), request_id="v", video_data=[frames]))

@@ -181,7 +181,10 @@ class HFServer:
     def _sub_processor(self, modality: str):
         sub = getattr(self.processor, f"{modality}_processor", None)
         if sub is None:
-            raise ValueError(f"hf rollout got {modality}_data but the model has no {modality} processor (model.path)")
+            raise ValueError(
+                f"hf rollout got {modality}_data but the model has no {modality} processor: check model.path, and set "
+                "actor_rollout_ref.model.trust_remote_code=True if its processor ships as remote code"
+            )
         return sub
 
     async def _run_batches(self) -> None:
