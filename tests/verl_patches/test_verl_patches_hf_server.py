@@ -219,3 +219,88 @@ def test_image_request_uses_the_processor_and_matches_forward(tmp_path):
     torch.testing.assert_close(torch.tensor(out.log_probs), expected, atol=1e-5, rtol=0)
     without_image = torch.log_softmax(blind / TEMPERATURE, -1).gather(-1, index)[:, 0]
     assert (without_image - expected).abs().max() > 1e-3  # the pixels reached the model
+
+
+@pytest.fixture(scope="module")
+def qwen3vl_server(tmp_path_factory):
+    """HFServer over the tiny Qwen3-VL, with the processor verl itself loads from the model folder."""
+    from copd.tiny.qwen3vl import build_tiny_qwen3vl
+
+    path = build_tiny_qwen3vl(tmp_path_factory.mktemp("qwen3vl") / "model")
+    cfg = compose_trainer_config(path, "data.max_prompt_length=128", "actor_rollout_ref.model.trust_remote_code=True")
+    return HFServer(cfg.actor_rollout_ref.rollout, cfg.actor_rollout_ref.model)
+
+
+def agent_loop_prompt(processor, content, images=None, videos=None):
+    """Prompt ids and trainer-side inputs as verl's agent loop builds them (chat template, then the processor)."""
+    from verl.utils.tokenizer import build_multimodal_processor_inputs
+
+    messages = [{"role": "user", "content": content}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = dict(build_multimodal_processor_inputs(processor, text=[text], images=images, videos=videos))
+    return inputs.pop("input_ids")[0].tolist(), inputs
+
+
+def test_video_and_image_requests_match_a_plain_forward(qwen3vl_server):
+    from PIL import Image
+
+    server = qwen3vl_server
+    g = torch.Generator().manual_seed(0)
+    # what verl's dataset (qwen_vl_utils.fetch_video) hands over: resized float frames and their metadata
+    frames = torch.randint(0, 256, (4, 3, 64, 96), generator=g).float()
+    video = (frames, {"fps": 2.0, "frames_indices": [0, 2, 4, 6], "total_num_frames": 8, "video_backend": "test"})
+    image = Image.fromarray(torch.randint(0, 256, (64, 64, 3), generator=g, dtype=torch.uint8).numpy())
+    cases = {
+        "video": dict(content=[{"type": "video"}, {"type": "text", "text": "What moves?"}], videos=[video]),
+        "image": dict(content=[{"type": "image"}, {"type": "text", "text": "What?"}], images=[image]),
+        "both": dict(content=[{"type": "image"}, {"type": "video"}], images=[image], videos=[video]),
+    }
+    prompts = {name: agent_loop_prompt(server.processor, **case) for name, case in cases.items()}
+    assert "<2.5 seconds>" in server.processor.tokenizer.decode(prompts["video"][0])  # frames 4, 6 at 2 fps
+
+    async def run():
+        calls = [
+            server.generate(
+                prompt_ids=prompts[name][0],
+                sampling_params=sampling(),
+                request_id=name,
+                image_data=case.get("images"),
+                video_data=case.get("videos"),
+            )
+            for name, case in cases.items()
+        ]
+        return await asyncio.gather(*calls)
+
+    for name, out in zip(cases, asyncio.run(run()), strict=True):
+        prompt, inputs = prompts[name]
+        assert out.stop_reason == "completed" and out.token_ids, name
+        full = torch.tensor([prompt + out.token_ids])
+        types = inputs["mm_token_type_ids"][0].tolist() + [0] * len(out.token_ids)  # the trainer's own modality ids
+        pixels = {k: v for k, v in inputs.items() if k != "attention_mask" and k != "mm_token_type_ids"}
+        served = server._mm_inputs(
+            prompt, cases[name].get("images"), cases[name].get("videos")
+        )  # what the server computed
+        assert served.keys() == {*pixels, "mm_token_type_ids"}, name
+        for key, value in pixels.items():
+            torch.testing.assert_close(served[key], value, atol=0, rtol=0, msg=f"{name}: {key}")
+        with torch.no_grad():
+            mm_token_type_ids = torch.tensor([types])
+            logits = server.model(input_ids=full, mm_token_type_ids=mm_token_type_ids, **pixels).logits
+            blind = server.model(input_ids=full, mm_token_type_ids=mm_token_type_ids * 0).logits
+        index = torch.tensor(out.token_ids)[:, None]
+        steps = slice(len(prompt) - 1, -1)
+        expected = torch.log_softmax(logits[0, steps] / TEMPERATURE, -1).gather(-1, index)[:, 0]
+        torch.testing.assert_close(torch.tensor(out.log_probs), expected, atol=1e-5, rtol=0, msg=name)
+        without = torch.log_softmax(blind[0, steps] / TEMPERATURE, -1).gather(-1, index)[:, 0]
+        assert (without - expected).abs().max() > 1e-4, name  # the pixels reached the model
+
+
+def test_audio_is_refused(server):
+    with pytest.raises(NotImplementedError, match="audio"):
+        asyncio.run(server.generate(prompt_ids=[5], sampling_params=sampling(), request_id="a", audio_data=[b""]))
+
+
+def test_video_without_a_processor_says_what_to_set(server):
+    frames = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        asyncio.run(server.generate(prompt_ids=[5], sampling_params=sampling(), request_id="v", video_data=[frames]))

@@ -28,6 +28,14 @@ LOG_BATCHES_ENV = "VERL_PATCHES_HF_LOG_BATCHES"
 MAX_WAIT_WINDOWS = 10
 
 
+def split_videos(video_data: list) -> tuple[list, list | None]:
+    """verl's `video_data` -> (videos, metadata or None): its dataset sends (frames, metadata) pairs."""
+    if isinstance(video_data[0], tuple):
+        videos, metadata = zip(*video_data, strict=True)
+        return list(videos), list(metadata)
+    return list(video_data), None
+
+
 @dataclass(eq=False)
 class _Request:
     """One queued generate call; `done` receives its TokenOutput."""
@@ -36,7 +44,7 @@ class _Request:
     max_tokens: int
     params: SamplingParams
     want_log_probs: bool
-    extra_inputs: dict | None  # processor outputs of an image request
+    extra_inputs: dict | None  # processor outputs of an image / video request
     done: asyncio.Future
 
     def batch_key(self):
@@ -113,8 +121,8 @@ class HFServer:
         **kwargs: Any,
     ) -> TokenOutput:
         """Generate a response to `prompt_ids` (LLMServerClient.generate's call; see vllm_async_server.generate)."""
-        if video_data or kwargs.get("audio_data"):
-            raise NotImplementedError("hf rollout serves text and images only; video/audio need the vllm rollout")
+        if kwargs.get("audio_data"):
+            raise NotImplementedError("hf rollout serves text, images and videos; audio needs the vllm rollout")
         if self._reject:  # the replica is leaving: fail fast instead of parking behind the closed gate
             return self._aborted()
         await self._gate_open.wait()
@@ -136,7 +144,7 @@ class HFServer:
             max_tokens,
             params,
             bool(sampling_params.get("logprobs", False)),
-            self._image_inputs(prompt_ids, image_data),
+            self._mm_inputs(prompt_ids, image_data, video_data),
             asyncio.get_running_loop().create_future(),
         )
         self._queue.append(request)
@@ -145,20 +153,39 @@ class HFServer:
             self._batcher = asyncio.create_task(self._run_batches())
         return await request.done
 
-    def _image_inputs(self, prompt_ids: list[int], image_data) -> dict | None:
-        """Processor outputs for the images, plus the per-token modality ids M-RoPE models need (0 text, 1 image,
-        2 video). `prompt_ids` already hold the expanded image tokens (verl's agent loop tokenizes with the
-        processor), so only the pixels are processed here."""
-        if not image_data:
+    def _mm_inputs(self, prompt_ids: list[int], image_data, video_data) -> dict | None:
+        """Processor outputs for the request's images and videos, plus the per-token modality ids M-RoPE models
+        need (0 text, 1 image, 2 video).
+
+        `prompt_ids` already hold the expanded image / video tokens (and Qwen3-VL's frame timestamps): verl's agent
+        loop tokenizes with the processor. So only the pixels are processed here, with the arguments verl's
+        `build_multimodal_processor_inputs` gives the processor for the trainer's forward: videos come as
+        (frames, metadata) pairs from verl's dataset, their frames sampled already (`do_sample_frames=False`).
+        """
+        if not image_data and not video_data:
             return None
-        if self.processor is None or not hasattr(self.processor, "image_processor"):
-            raise ValueError("hf rollout got image_data but the model has no image processor (model.path)")
-        inputs = dict(self.processor.image_processor(images=image_data, return_tensors="pt"))
+        inputs = {}
+        if image_data:
+            inputs.update(self._sub_processor("image")(images=image_data, return_tensors="pt"))
+        if video_data:
+            videos, metadata = split_videos(video_data)
+            sampled = {} if metadata is None else {"video_metadata": metadata, "do_sample_frames": False}
+            video_inputs = self._sub_processor("video")(videos=videos, return_tensors="pt", **sampled)
+            inputs.update({k: v for k, v in video_inputs.items() if k != "video_metadata"})
         config = self.model.config
         image_id, video_id = getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)
         types = [1 if t == image_id else 2 if t == video_id else 0 for t in prompt_ids]
         inputs["mm_token_type_ids"] = torch.tensor([types], dtype=torch.int)
         return inputs
+
+    def _sub_processor(self, modality: str):
+        sub = getattr(self.processor, f"{modality}_processor", None)
+        if sub is None:
+            raise ValueError(
+                f"hf rollout got {modality}_data but the model has no {modality} processor: check model.path, and set "
+                "actor_rollout_ref.model.trust_remote_code=True if its processor ships as remote code"
+            )
+        return sub
 
     async def _run_batches(self) -> None:
         """Collect the requests that arrive together, then generate them group by group; repeat until idle."""
