@@ -191,7 +191,8 @@ def _tensor_merger(job: _Job, fds: Mapping[Path, int], sources: Mapping[str, lis
         if job.method == "ties" and code in FLOAT_CODES:  # the threshold is per whole tensor
             whole = lambda e: widen(pread(fds[e.path], e, 0, np.empty(numel, raw)), code, Scratch(0), "whole")
             base_N = whole(srcs[k])
-            thresholds_K = [np_ties_threshold(whole(e) - base_N, job.density) for e in srcs[:k]]
+            with np.errstate(all="ignore"):
+                thresholds_K = [np_ties_threshold(whole(e) - base_N, job.density) for e in srcs[:k]]
         for start in range(0, numel, CHUNK_NUMEL):
             count = min(CHUNK_NUMEL, numel - start)
             chunks = [pread(fds[e.path], e, start, scr.get(("raw", j), raw, count)) for j, e in enumerate(srcs)]
@@ -237,9 +238,8 @@ def _write_merged(tmp: Path, scans: Sequence[dict[str, TensorEntry]], job: _Job,
                   threads: int) -> None:  # fmt: skip
     """Write the merged shards (and the index when there are several) into tmp, in the first input's tensor order."""
     first, k = scans[0], len(job.weights_K)
-    sources = {
-        key: [s[key] for s in scans[: k + job.needs_base]] if e.dtype in FLOAT_CODES else [e] for key, e in first.items()
-    }
+    used = scans[: k + job.needs_base]
+    sources = {key: [s[key] for s in used] if e.dtype in FLOAT_CODES else [e] for key, e in first.items()}
     out = _out_nbytes(first, job)
     shards = plan_shards([(key, nbytes) for key, (_, nbytes) in out.items()], max_shard_bytes)
     n = len(shards)
@@ -292,7 +292,7 @@ def merge_checkpoints(inputs: Sequence[str | Path], output: str | Path, method: 
     tmp.mkdir(parents=True)
     try:
         if (free := shutil.disk_usage(tmp).free) < need:
-            raise ValueError(f"{out.parent} has {free / 1e9:.2f} GB free, the merge needs {need / 1e9:.2f} GB: "
+            raise ValueError(f"{out.parent} has {_size(free)} free, the merge needs {_size(need)}: "
                              "free space or pass another --output")  # fmt: skip
         _write_merged(tmp, scans, job, max_shard_bytes, progress, threads)
         copy_side_files(folders[0], tmp, job.out_code)
@@ -301,12 +301,16 @@ def merge_checkpoints(inputs: Sequence[str | Path], output: str | Path, method: 
         shutil.rmtree(tmp, ignore_errors=True)
         if err.errno == errno.ENOSPC:
             raise OSError(errno.ENOSPC, f"no space left on the device of {out.parent} while writing the "
-                          f"{need / 1e9:.2f} GB merge: free space or pass another --output") from err  # fmt: skip
+                          f"{_size(need)} merge: free space or pass another --output") from err  # fmt: skip
         raise
     except BaseException:  # never leave a half-written output behind, then re-raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 10**9 else f"{nbytes / 1e6:.1f} MB"
 
 
 # ---------------------------------------------------------------- CLI

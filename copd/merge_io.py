@@ -104,7 +104,7 @@ def scan_checkpoint(folder: Path) -> dict[str, TensorEntry]:
 
 def _read_index(path: Path) -> dict[str, str]:
     """The weight_map of a model.safetensors.index.json, checked."""
-    fix = "re-download it, or delete it if the folder holds a single model.safetensors"
+    fix = "re-download or regenerate it"
     raw = path.read_bytes()
     if raw.startswith(LFS_MAGIC):
         raise ValueError(f"{path} looks like a Git LFS pointer, not the index: run `git lfs pull` in its repo")

@@ -50,6 +50,7 @@ def widen(raw: np.ndarray, code: str, scr: Scratch, role: object) -> np.ndarray:
     return out
 
 
+@np.errstate(all="ignore")  # inf and NaN weights propagate as torch propagates them, silently
 def narrow(acc_N: np.ndarray, code: str, scr: Scratch) -> np.ndarray:
     """The fp32 chunk in the output dtype, rounded as torch rounds (nearest even); bf16 comes back as uint16 bits."""
     if code == "F32":
@@ -75,6 +76,7 @@ def _is_power_of_two(w: float) -> bool:
     return w == 0.0 or abs(math.frexp(w)[0]) == 0.5
 
 
+@np.errstate(all="ignore")
 def fma_(acc_N: np.ndarray, w: float, x_N: np.ndarray, scr: Scratch) -> np.ndarray:
     """acc_N <- acc_N + float32(w) * x_N with a single rounding (what torch's acc.add_(x, alpha=w) does), in place."""
     w32 = F32(w)
@@ -114,6 +116,7 @@ def _fma32_exact(a: np.float32, w: np.float32, x: np.float32) -> np.float32:
     return min(cands, key=lambda c: (abs(Fraction(float(c)) - exact), int(np.array(c).view(U32)) & 1))
 
 
+@np.errstate(all="ignore")
 def ties_threshold(tau_N: np.ndarray, density: float) -> float:
     """Magnitude of the ceil(density * n)-th largest entry of one fp32 task vector (as torch's kthvalue finds it)."""
     n = tau_N.size
@@ -123,6 +126,7 @@ def ties_threshold(tau_N: np.ndarray, density: float) -> float:
     return float(np.partition(np.abs(tau_N.reshape(-1)), n - k)[n - k])
 
 
+@np.errstate(all="ignore")
 def merge_chunk(method: str, xs_K: Sequence[np.ndarray], weights_K: Sequence[float], base_N: np.ndarray | None,
                 scale: float, thresholds_K: Sequence[float] | None, scr: Scratch) -> np.ndarray:  # fmt: skip
     """One fp32 chunk of every method, in a reused buffer (valid until the next call). Shape: K x (N,) -> (N,)."""
