@@ -60,7 +60,7 @@ from copd.merge_np import ties_threshold as np_ties_threshold
 
 METHODS = ("average", "weighted", "task_arithmetic", "ties")
 BASE_METHODS = ("task_arithmetic", "ties")
-CHUNK_NUMEL = 1 << 18  # elements merged at once: buffers stay in cache (halves the copy cost vs 1 << 20)
+CHUNK_NUMEL = 1 << 16  # elements merged at once: a worker's buffers (~1.3 MB) stay in its core's L2 cache
 OUT_DTYPES = {"auto": None, "fp32": "F32", "bf16": "BF16", "fp16": "F16",
               "torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16"}  # fmt: skip
 _TORCH_API = ("merge_tensors", "merge_state_dicts", "merge_flat", "ties_threshold")
@@ -201,7 +201,7 @@ def _tensor_merger(job: _Job, fds: Mapping[Path, int], sources: Mapping[str, lis
                 continue
             xs = [widen(c, code, scr, ("wide", j)) for j, c in enumerate(chunks)]
             base = xs[k] if job.needs_base else None
-            acc = merge_chunk(job.method, xs[:k], job.weights_K, base, job.scale, thresholds_K, scr)
+            acc = merge_chunk(job.method, xs[:k], job.weights_K, base, job.scale, thresholds_K, scr, code)
             yield narrow(acc, job.out_code or code, scr)
         bar.update(1)
 

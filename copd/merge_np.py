@@ -64,41 +64,60 @@ def narrow(acc_N: np.ndarray, code: str, scr: Scratch) -> np.ndarray:
     np.bitwise_and(tmp, 1, out=tmp)
     np.add(tmp, 0x7FFF, out=tmp)  # round to nearest, ties to even: add 0x7FFF plus the last kept bit
     np.add(tmp, bits, out=tmp)
-    np.right_shift(tmp, 16, out=tmp)
-    out = scr.get("out", U16, acc_N.size)
-    np.copyto(out, tmp, casting="unsafe")
-    if np.isnan(acc_N).any():  # NaN must not round into inf: torch's canonical bf16 NaN
+    out = np.right_shift(tmp, 16, out=scr.get("out", U16, acc_N.size), casting="unsafe")
+    if np.isnan(acc_N.min()):  # min propagates NaN; NaN must not round into inf: torch's canonical bf16 NaN
         out[np.isnan(acc_N)] = 0x7FC0
     return out
 
 
-def _is_power_of_two(w: float) -> bool:
-    return w == 0.0 or abs(math.frexp(w)[0]) == 0.5
+# w * x is exact in fp32 for a power of two 2^-j (0 <= j <= J) and any x of these dtypes: their lowest bit is far
+# enough above fp32's (bf16: 2^-133, fp16: 2^-24, fp32's own subnormals go to 2^-149)
+_EXACT_SHIFT = {"BF16": 16, "F16": 100}
+
+
+def _exact_product(w32: float, x_code: str) -> bool:
+    if w32 == 0.0:
+        return True
+    mantissa, exponent = math.frexp(abs(w32))
+    return mantissa == 0.5 and x_code in _EXACT_SHIFT and -_EXACT_SHIFT[x_code] < exponent <= 1
 
 
 @np.errstate(all="ignore")
-def fma_(acc_N: np.ndarray, w: float, x_N: np.ndarray, scr: Scratch) -> np.ndarray:
-    """acc_N <- acc_N + float32(w) * x_N with a single rounding (what torch's acc.add_(x, alpha=w) does), in place."""
-    w32 = F32(w)
-    if _is_power_of_two(float(w32)):
-        prod = np.multiply(x_N, w32, out=scr.get("prod", F32, x_N.size))
-        bits = np.bitwise_and(prod.view(U32), 0x7FFFFFFF, out=scr.get("bits32", U32, x_N.size))
+def fma_(acc_N: np.ndarray, w: float, x_N: np.ndarray, scr: Scratch, x_code: str = "F32") -> np.ndarray:
+    """acc_N <- acc_N + float32(w) * x_N with a single rounding (what torch's acc.add_(x, alpha=w) does), in place.
+
+    x_code: the dtype x_N was widened from (its values' precision), "F32" when it is any fp32.
+    """
+    w32, n = F32(w), x_N.size
+    if _exact_product(float(w32), x_code):  # w * x exact: the plain multiply-add rounds once
+        return np.add(acc_N, np.multiply(x_N, w32, out=scr.get("prod", F32, n)), out=acc_N)
+    if abs(math.frexp(float(w32))[0]) == 0.5 and abs(w32) <= 1:  # exact unless the product is subnormal: check
+        prod = np.multiply(x_N, w32, out=scr.get("prod", F32, n))
+        bits = np.bitwise_and(prod.view(U32), 0x7FFFFFFF, out=scr.get("bits32", U32, n))
         np.subtract(bits, 1, out=bits)  # 0 wraps around: left are the subnormal products, the only inexact ones
-        if not (bits < 0x007FFFFF).any():
+        if bits.min() >= 0x007FFFFF:
             return np.add(acc_N, prod, out=acc_N)
-    sum_N = np.multiply(x_N, F64(w32), out=scr.get("sum64", F64, x_N.size))  # exact: 24 + 24 bits < 53
+    sum_N = np.multiply(x_N, F64(w32), out=scr.get("sum64", F64, n))  # exact: 24 + 24 bits < 53
     np.add(sum_N, acc_N, out=sum_N)  # one rounding to fp64
     bits = sum_N.view(U64)
-    tmp = np.bitwise_and(bits, _LOW29, out=scr.get("bits64", U64, x_N.size))
-    suspect = np.equal(tmp, _HALF_ULP32, out=scr.get("suspect", np.bool_, x_N.size))  # halfway between two fp32
+    tmp = np.bitwise_and(bits, _LOW29, out=scr.get("bits64", U64, n))
+    suspect = np.equal(tmp, _HALF_ULP32, out=scr.get("suspect", np.bool_, n))  # halfway between two fp32
     np.bitwise_and(bits, _ABS64, out=tmp)
     np.subtract(tmp, 1, out=tmp)  # 0 wraps around: left are the nonzero sums among fp32's subnormals
-    suspect |= tmp < _SUB64 - np.uint64(1)
+    subnormal = np.less(tmp, _SUB64 - np.uint64(1), out=scr.get("subnormal", np.bool_, n))
+    suspect |= subnormal
     redo = np.flatnonzero(suspect)
-    acc_old = acc_N[redo].copy() if redo.size else None
-    np.copyto(acc_N, sum_N, casting="same_kind")  # the second rounding, right everywhere but at `redo`
-    for i, a in zip(redo, acc_old if redo.size else (), strict=True):
-        acc_N[i] = _fma32_exact(a, w32, x_N[i])
+    a, s = acc_N[redo].astype(F64), sum_N[redo]
+    np.copyto(acc_N, sum_N, casting="same_kind")  # the second rounding: right but at `redo` (halfway or subnormal)
+    if not redo.size:
+        return acc_N
+    p = x_N[redo].astype(F64) * F64(w32)
+    bb = s - a
+    err = (a - (s - bb)) + (p - bb)  # TwoSum: the exact rounding error of s = a + p
+    s = np.where(err > 0, np.nextafter(s, np.inf), np.where(err < 0, np.nextafter(s, -np.inf), s))
+    acc_N[redo] = s  # nudged off the halfway point to the side of the exact sum: now rounds once, right
+    for j in np.flatnonzero(subnormal[redo]):  # among fp32 subnormals the halfway points differ: rationals (rare)
+        acc_N[redo[j]] = _fma32_exact(F32(a[j]), w32, x_N[redo[j]])
     return acc_N
 
 
@@ -128,17 +147,32 @@ def ties_threshold(tau_N: np.ndarray, density: float) -> float:
 
 @np.errstate(all="ignore")
 def merge_chunk(method: str, xs_K: Sequence[np.ndarray], weights_K: Sequence[float], base_N: np.ndarray | None,
-                scale: float, thresholds_K: Sequence[float] | None, scr: Scratch) -> np.ndarray:  # fmt: skip
-    """One fp32 chunk of every method, in a reused buffer (valid until the next call). Shape: K x (N,) -> (N,)."""
+                scale: float, thresholds_K: Sequence[float] | None, scr: Scratch,
+                code: str = "F32") -> np.ndarray:  # fmt: skip
+    """One fp32 chunk of every method, in a reused buffer (valid until the next call). Shape: K x (N,) -> (N,).
+
+    code: the dtype the fp32 chunks were widened from (bf16/fp16 values make more products exact: faster)."""
     n = xs_K[0].size
     if method == "ties":
         return _ties_chunk(xs_K, weights_K, base_N, scale, thresholds_K, scr)
-    acc = np.multiply(xs_K[0], F32(weights_K[0]), out=scr.get("acc", F32, n))
+    acc = scr.get("acc", F32, n)
+    plain = method in ("average", "weighted") or scale == 1.0  # task arithmetic at scale 1: sum_k w_k theta_k
+    if plain and len(set(weights_K)) == 1 and _exact_product(float(F32(weights_K[0])), code) and len(xs_K) > 1:
+        # equal power-of-two weights on bf16/fp16 values: w * round(round(x0 + x1) + x2 ...) is bitwise torch's
+        # round(round(w x0 + w x1) + w x2 ...), as scaling by 2^-j commutes with each rounding on their grid
+        # (nothing falls below fp32's smallest subnormal); unless a sum overflows: then the general path below
+        np.add(xs_K[0], xs_K[1], out=acc)
+        for x in xs_K[2:]:
+            np.add(acc, x, out=acc)
+        np.multiply(acc, F32(weights_K[0]), out=acc)
+        if np.isfinite(acc.sum()):  # also false on an inf or NaN input: the general path handles those
+            return acc
+    np.multiply(xs_K[0], F32(weights_K[0]), out=acc)
     for x, w in zip(xs_K[1:], weights_K[1:], strict=True):
-        fma_(acc, w, x, scr)
+        fma_(acc, w, x, scr, code)
     if method == "task_arithmetic" and scale != 1.0:  # (1 - s) base + s sum_k w_k theta_k, as in torch
         np.multiply(acc, F32(scale), out=acc)
-        fma_(acc, 1.0 - scale, base_N, scr)
+        fma_(acc, 1.0 - scale, base_N, scr, code)
     return acc
 
 

@@ -152,3 +152,32 @@ def test_cli_merges_without_importing_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_equal_power_of_two_weights_shortcut_and_its_fallback(dtype, k):
+    """Sum then scale (the fast path) against torch, on values at the ends of the range: bf16 subnormals, sums that
+    overflow fp32 unless scaled first (the fallback), an inf and a NaN."""
+    g = torch.Generator().manual_seed(k)
+    lo, hi = (-140, 128) if dtype == torch.bfloat16 else (-30, 16)
+    xs = [torch.randn(5000, generator=g) * torch.exp2(torch.randint(lo, hi, (5000,), generator=g).float())
+          for _ in range(k)]  # fmt: skip
+    xs = [x.clamp(-3e38, 3e38).to(dtype) for x in xs]
+    if dtype == torch.bfloat16:
+        xs[0][:3], xs[1][:3] = torch.tensor([3e38, 3e38, 1e-40]), torch.tensor([3e38, float("inf"), 1e-40])
+        xs[1][3] = float("nan")
+    code = {torch.bfloat16: "BF16", torch.float16: "F16"}[dtype]
+
+    def merged(xs):
+        scr, raws = K.Scratch(0), [x.view(torch.int16).numpy().view(K.RAW_DTYPES[code]) for x in xs]
+        wide = [K.widen(r, code, scr, i) for i, r in enumerate(raws)]
+        return K.narrow(K.merge_chunk("average", wide, [1 / k] * k, None, 1.0, None, scr, code), code, scr).copy()
+
+    expected = M.merge_tensors("average", xs)
+    same = merged(xs).view(np.int16) == bits(expected)
+    assert same.all() or (dtype == torch.bfloat16 and np.flatnonzero(~same).tolist() == [3])  # NaN payloads only
+    special = dtype == torch.bfloat16
+    assert torch.isnan(expected[3]) == special and torch.isinf(expected[1]) == special
+    tail = [x[4:] for x in xs]  # finite sums: the shortcut itself
+    assert np.array_equal(merged(tail).view(np.int16), bits(M.merge_tensors("average", tail)))
