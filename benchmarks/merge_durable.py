@@ -30,6 +30,10 @@ def copd_env(tree: Path) -> dict:
     return os.environ | {"PYTHONPATH": str(tree)}
 
 
+def copd_cmd(*args: str) -> list[str]:  # -P: the tree on PYTHONPATH, not the current folder, provides copd
+    return [sys.executable, "-P", "-m", "copd.merge", *args]
+
+
 def steps(cmds: list[tuple[list[str], dict]], log: Path) -> dict:
     """Run (cmd, run_timed kwargs) one after the other: total wall, per-step walls, summed CPU, max peak RSS."""
     runs = [run_timed(cmd, log=log, **kw) for cmd, kw in cmds]
@@ -57,8 +61,8 @@ def floor_row(work: Path, shard_files: list[Path]) -> dict:
 
 def copd_row(work: Path, inputs: list[Path], tree: Path) -> dict:
     out = work / "out_copd"
-    cmd = [sys.executable, "-m", "copd.merge", "--method", "average", "--output", str(out), "--no-progress"]
-    row = steps([(cmd + list(map(str, inputs)), {"env": copd_env(tree)}), (["sync"], {})], work / "copd.log")
+    cmd = copd_cmd("--method", "average", "--output", str(out), "--no-progress", *map(str, inputs))
+    row = steps([(cmd, {"env": copd_env(tree)}), (["sync"], {})], work / "copd.log")
     if (err := check_average(inputs, out, "model.layers.0.self_attn.q_proj.weight")) != 0.0:
         sys.exit(f"copd.merge ({tree}) output differs from bf16(mean) by {err}")
     return row
@@ -68,7 +72,10 @@ def mergekit_row(work: Path, inputs: list[Path], venv: Path) -> dict:
     cmd = mergekit_command(venv, inputs, work / "out_mergekit", work)
     if isinstance(cmd, dict):
         return cmd
-    return steps([(cmd, {}), (["sync"], {})], work / "mergekit.log")
+    try:
+        return steps([(cmd, {}), (["sync"], {})], work / "mergekit.log")
+    except SystemExit as failed:  # mergekit's own failure: a row that says why, not the end of the benchmark
+        return {"error": str(failed)[-600:].replace("\n", " | ")}
 
 
 def startup(work: Path, tree: Path, repeat: int = 5) -> dict:
@@ -79,7 +86,7 @@ def startup(work: Path, tree: Path, repeat: int = 5) -> dict:
         header = json.dumps({"w": {"dtype": "BF16", "shape": [1], "data_offsets": [0, 2]}}).encode().ljust(56)
         (work / f"tiny{i}" / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0\0")
         tiny.append(str(work / f"tiny{i}"))
-    base = [sys.executable, "-m", "copd.merge"]
+    base = copd_cmd()
     noop = base + ["--no-progress", "--overwrite", "--output", str(work / "tiny_out"), *tiny]
     out = {}
     for name, cmd in [("help_s", base + ["--help"]), ("noop_merge_s", noop)]:
