@@ -103,16 +103,16 @@ def evict(files: list[Path], everything: bool = False) -> None:
         os.close(fd)
 
 
-def run_timed(cmd: list[str], stdout=subprocess.DEVNULL, log: Path | None = None) -> dict:
+def run_timed(cmd: list[str], stdout=subprocess.DEVNULL, log: Path | None = None, env: dict | None = None) -> dict:
     """Run cmd under /usr/bin/time: wall time, CPU time (user + sys), peak RSS (MB) and exit code.
 
     /usr/bin/time, not os.wait4 from here: a child forked from this (large) process inherits its RSS high-water mark.
     """
     stats = Path(f"/tmp/merge_bench_time_{os.getpid()}.txt")
-    with open(log or os.devnull, "w") as err:
+    with open(log or os.devnull, "a" if log else "w") as err:
         start = time.perf_counter()
         timed = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(stats), *cmd]
-        rc = subprocess.run(timed, stdout=stdout, stderr=err).returncode
+        rc = subprocess.run(timed, stdout=stdout, stderr=err, env=env).returncode
         wall = time.perf_counter() - start
     rss_kb, user, sys_ = stats.read_text().split()[-3:]
     stats.unlink()
@@ -131,16 +131,24 @@ def check_average(inputs: list[Path], output: Path, name: str) -> float:
     return (tensors[2] - expected).abs().max().item()
 
 
-def mergekit_run(venv: Path, inputs: list[Path], out: Path, work: Path) -> dict:
-    """mergekit-yaml linear merge of the inputs in bf16 on CPU; {'error': why} when it is not usable."""
+def mergekit_command(venv: Path, inputs: list[Path], out: Path, work: Path) -> list[str] | dict:
+    """The mergekit-yaml command of a linear merge of the inputs in bf16 on CPU; {'error': why} if not usable."""
     exe = venv / "bin" / "mergekit-yaml"
     if not exe.exists():
-        return {"error": f"{exe} not found: create the venv (pip install torch==2.13.0 mergekit)"}
+        return {"error": f"{exe} not found: create the venv (see benchmarks/README.md)"}
     models = "".join(f"  - model: {p}\n    parameters:\n      weight: 1.0\n" for p in inputs)
     (work / "mergekit.yml").write_text(f"merge_method: linear\ndtype: bfloat16\nmodels:\n{models}")
-    log = work / "mergekit.log"
     flags = ["--lazy-unpickle", "--no-copy-tokenizer", "--no-cuda", "--quiet"]
-    result = run_timed([str(exe), str(work / "mergekit.yml"), str(out), *flags], log=log)
+    return [str(exe), str(work / "mergekit.yml"), str(out), *flags]
+
+
+def mergekit_run(venv: Path, inputs: list[Path], out: Path, work: Path) -> dict:
+    """mergekit-yaml linear merge of the inputs in bf16 on CPU; {'error': why} when it is not usable."""
+    cmd = mergekit_command(venv, inputs, out, work)
+    if isinstance(cmd, dict):
+        return cmd
+    log = work / "mergekit.log"
+    result = run_timed(cmd, log=log)
     if result["rc"] != 0:
         result["error"] = f"mergekit exited {result['rc']}: " + log.read_text()[-600:].replace("\n", " | ")
     return result
@@ -157,6 +165,13 @@ def main() -> None:
     ap.add_argument("--mergekit-repeat", type=int, default=1, help="mergekit runs (~1 min each)")
     ap.add_argument("--drop-all", action="store_true", help="drop the whole page cache before each row (root)")
     ap.add_argument("--mergekit-venv", type=Path, default=Path("/tmp/mergekit-venv"), help="venv with mergekit")
+    ap.add_argument(
+        "--mode",
+        choices=("both", "cold", "durable"),
+        default="both",
+        help="cold: inputs evicted, the command's wall; durable: the whole command to a synced output",
+    )
+    ap.add_argument("--before", type=Path, help="durable mode: also time the copd tree at this path (PYTHONPATH)")
     args = ap.parse_args()
     dims = QWEN3_1_7B | {"layers": args.layers}
     shapes = qwen3_shapes(**dims)
@@ -184,20 +199,29 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", "import copd.merge"], check=True)  # warm the libraries' pages
     subprocess.run([str(args.mergekit_venv / "bin" / "mergekit-yaml"), "--help"], capture_output=True, check=False)
     results["load_before"], results["drop_all"] = os.getloadavg(), args.drop_all
-    rounds = [measure_round(work, inputs, shard_files, args.drop_all) for _ in range(args.repeat)]
-    mergekit = []
-    for _ in range(args.mergekit_repeat):
-        evict(shard_files, args.drop_all)
-        mergekit.append(mergekit_run(args.mergekit_venv, inputs, work / "out_mergekit", work))
-        shutil.rmtree(work / "out_mergekit", ignore_errors=True)
-    results["load_after"] = os.getloadavg()
-    for row, runs in [("io_floor", [r["io_floor"] for r in rounds]), ("copd", [r["copd"] for r in rounds]),
-                      ("mergekit", mergekit)]:  # fmt: skip
-        results[row] = summarize(runs)
-    # copd vs floor: the median of the ratios within a round (measured back to back, so load drift cancels best)
-    results["copd"]["x_floor"] = statistics.median(r["copd"]["wall_s"] / r["io_floor"]["wall_s"] for r in rounds)
     results["largest_tensor_mb"] = largest_mb
-    report(results, largest_mb)
+    if args.mode in ("both", "cold"):
+        rounds = [measure_round(work, inputs, shard_files, args.drop_all) for _ in range(args.repeat)]
+        mergekit = []
+        for _ in range(args.mergekit_repeat):
+            evict(shard_files, args.drop_all)
+            mergekit.append(mergekit_run(args.mergekit_venv, inputs, work / "out_mergekit", work))
+            shutil.rmtree(work / "out_mergekit", ignore_errors=True)
+        for row, runs in [("io_floor", [r["io_floor"] for r in rounds]), ("copd", [r["copd"] for r in rounds]),
+                          ("mergekit", mergekit)]:  # fmt: skip
+            results[row] = summarize(runs)
+        # copd vs floor: the median of the ratios within a round (measured back to back, so load drift cancels best)
+        results["copd"]["x_floor"] = statistics.median(r["copd"]["wall_s"] / r["io_floor"]["wall_s"] for r in rounds)
+        results["load_after_cold"] = os.getloadavg()
+        report(results, largest_mb)
+    if args.mode in ("both", "durable"):
+        from merge_durable import report_durable, run_durable
+
+        results["durable"] = run_durable(work, inputs, shard_files, args.repeat, args.before, args.mergekit_venv,
+                                         args.mergekit_repeat)  # fmt: skip
+        results["load_after"] = os.getloadavg()
+        results["durable"]["targets"] = report_durable(results["durable"], largest_mb)
+        print(f"  load average {results['load_before'][0]:.1f} before, {results['load_after'][0]:.1f} after")
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))
     if not args.keep:
@@ -243,7 +267,7 @@ def report(r: dict, largest_mb: float) -> None:
     """Print the table and the targets."""
     floor, ours, mk = r["io_floor"], r["copd"], r["mergekit"]
     cache = "whole page cache dropped before each row" if r["drop_all"] else "inputs evicted from the page cache"
-    load = f"load average {r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after"
+    load = f"load average {r['load_before'][0]:.1f} before, {r['load_after_cold'][0]:.1f} after"
     print(f"\n{cache}; threads: {r['threads']}; {load}; medians over rounds; largest tensor {largest_mb:.0f} MB")
     print(f"{'':<22}{'wall (s)':>10}{'x floor':>10}{'CPU (s)':>10}{'peak RSS (MB)':>15}   all walls (s)")
     for name, row in [("I/O floor (cat)", floor), ("copd.merge average", ours), ("mergekit linear", mk)]:

@@ -12,16 +12,21 @@ weighted need >= 2. Non-float tensors (int/bool buffers) are copied from the fir
 
 Streaming: all safetensors headers are parsed and checked before anything is written. Each tensor is then merged in
 flat chunks of CHUNK_NUMEL elements: the chunk's raw bytes are pread from every input into reused buffers, merged
-in fp32, cast to the output dtype and pwritten at its place in the output shard, whose header is written first
-(offsets follow from the known shapes); `threads` workers each take a contiguous run of a shard's tensors. Peak
-memory is a few chunks per worker whatever the model size (TIES also loads one whole tensor per input for its
-threshold). Output goes to OUT.tmp-<pid>, renamed to OUT at the end; the temp folder is removed on failure.
-CLI: python -m copd.merge --method average --output OUT IN1 IN2 ... (see main()). File I/O lives in `copd.merge_io`.
+in fp32 by the numpy kernels of `copd.merge_np` (bitwise what the torch math of `copd.merge_torch` gives; no torch
+import, so the command starts fast), cast to the output dtype and pwritten at its place in the output shard, whose
+header is written first (offsets follow from the known shapes); `threads` workers each take a contiguous run of a
+shard's tensors and start the write-back of what they wrote as they go. Peak memory is a few chunks per worker
+whatever the model size (TIES also loads one whole tensor per input for its threshold).
+Output goes to OUT.tmp-<pid>; every file is fdatasync'ed, then the folder is renamed to OUT and the rename made
+durable: OUT is complete and on disk, or absent (a killed run leaves only OUT.tmp-<pid>, removed by the next run).
+CLI: python -m copd.merge --method average --output OUT IN1 IN2 ... (see main()). File I/O lives in `copd.merge_io`;
+`merge_tensors`, `merge_state_dicts`, `merge_flat` and `ties_threshold` (torch, in memory) in `copd.merge_torch`.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -33,32 +38,42 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import Tensor
-from tqdm import tqdm
+import numpy as np
 
 from copd.merge_io import (
     FLOAT_CODES,
     INDEX_NAME,
+    ITEMSIZE,
     SINGLE_NAME,
-    ST_DTYPES,
     TensorEntry,
     copy_side_files,
     plan_shards,
     pread,
+    remove_stale,
     replace_folder,
     scan_checkpoint,
+    write_durably,
     write_shard,
 )
+from copd.merge_np import RAW_DTYPES, Scratch, merge_chunk, narrow, widen
+from copd.merge_np import ties_threshold as np_ties_threshold
 
 METHODS = ("average", "weighted", "task_arithmetic", "ties")
 BASE_METHODS = ("task_arithmetic", "ties")
-CHUNK_NUMEL = 1 << 18  # elements merged at once: buffers stay in cache (halves the copy cost vs 1 << 20)
+CHUNK_NUMEL = 1 << 16  # elements merged at once: a worker's buffers (~1.3 MB) stay in its core's L2 cache
 OUT_DTYPES = {"auto": None, "fp32": "F32", "bf16": "BF16", "fp16": "F16",
-              torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}  # fmt: skip
+              "torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16"}  # fmt: skip
+_TORCH_API = ("merge_tensors", "merge_state_dicts", "merge_flat", "ties_threshold")
 
 
-# ---------------------------------------------------------------- tensor math (pure)
+def __getattr__(name: str):  # the in-memory torch API, imported (with torch) on first use only
+    if name in _TORCH_API:
+        from copd import merge_torch
+
+        return getattr(merge_torch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def normalize_weights(weights: Sequence[float] | None, num_models: int) -> list[float]:
     """Weights as floats summing to 1 (uniform when None); raises on a wrong count, negative values or a zero sum."""
     if weights is None:
@@ -71,90 +86,6 @@ def normalize_weights(weights: Sequence[float] | None, num_models: int) -> list[
     if sum(w_K) <= 0:
         raise ValueError("weights sum to 0: give at least one input a positive weight")
     return [x / sum(w_K) for x in w_K]
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def ties_threshold(tau: Tensor, density: float) -> float:
-    """Magnitude of the ceil(density * n)-th largest entry of one task vector; TIES keeps entries with |tau| >= it.
-
-    Shape: (*S) -> scalar. Entries tied with the threshold are all kept.
-    """
-    abs_N = tau.reshape(-1).abs()
-    n = abs_N.numel()
-    k = min(n, max(1, math.ceil(density * n)))
-    return abs_N.kthvalue(n - k + 1).values.item() if n else 0.0
-
-
-def merge_flat(method: str, tensors_K: Sequence[Tensor], weights_K: Sequence[float], base: Tensor | None = None,
-               scale: float = 1.0, thresholds_K: Sequence[float] | None = None,
-               out: Tensor | None = None) -> Tensor:  # fmt: skip
-    """Elementwise core of every method, on whole tensors or chunks; weights normalised, TIES thresholds given.
-
-    Shape: K x (*S) -> (*S), in fp32 (fp64 for fp64 inputs), written into `out` when given (not for TIES).
-    """
-    acc_dtype = _acc_dtype(tensors_K[0].dtype)
-    if method == "ties":
-        return _ties_flat(tensors_K, weights_K, base, scale, thresholds_K, acc_dtype)
-    acc = torch.empty(tensors_K[0].shape, dtype=acc_dtype) if out is None else out
-    acc.copy_(tensors_K[0]).mul_(weights_K[0])
-    for t, w in zip(tensors_K[1:], weights_K[1:], strict=True):
-        acc.add_(t, alpha=w)  # promotes t to acc_dtype: no fp32 copy of the input
-    if method == "task_arithmetic" and scale != 1.0:
-        # base + s * sum_k w_k (theta_k - base) = (1 - s) base + s sum_k w_k theta_k, as sum_k w_k = 1
-        acc.mul_(scale).add_(base, alpha=1.0 - scale)
-    return acc
-
-
-def _ties_flat(tensors_K, weights_K, base, scale, thresholds_K, acc_dtype) -> Tensor:
-    base_f = base.to(acc_dtype, copy=True)
-    trimmed_K = []
-    for t, thr in zip(tensors_K, thresholds_K, strict=True):
-        tau = t.to(acc_dtype) - base_f
-        trimmed_K.append(tau.masked_fill_(tau.abs() < thr, 0.0))  # trim: keep the top-density magnitudes
-    sign = sum(w * tau for w, tau in zip(weights_K, trimmed_K, strict=True)).sign_()  # elect: sign of the summed mass
-    num, den = torch.zeros_like(base_f), torch.zeros_like(base_f)
-    for w, tau in zip(weights_K, trimmed_K, strict=True):
-        agree = (tau.sign() == sign) & (tau != 0)
-        num.add_(tau * agree, alpha=w)
-        den.add_(agree.to(acc_dtype), alpha=w)
-    disjoint_mean = num.div_(den.clamp_min_(torch.finfo(acc_dtype).tiny))  # 0 where no task vector agrees
-    return base_f.add_(disjoint_mean, alpha=scale)
-
-
-def merge_tensors(method: str, tensors: Sequence[Tensor], weights: Sequence[float] | None = None,
-                  base_tensor: Tensor | None = None, density: float = 0.2, scale: float = 1.0,
-                  out_dtype: torch.dtype | None = None) -> Tensor:  # fmt: skip
-    """Merge K same-shape float tensors in fp32 (fp64 for fp64) and cast to out_dtype (default: the inputs' dtype).
-
-    Shape: K x (*S) -> (*S).
-    """
-    _check_method_args(method, len(tensors), base_tensor is not None, weights, density, scale)
-    thresholds_K = None
-    if method == "ties":
-        acc_dtype = _acc_dtype(tensors[0].dtype)
-        thresholds_K = [ties_threshold(t.to(acc_dtype) - base_tensor.to(acc_dtype), density) for t in tensors]
-    merged = merge_flat(method, tensors, normalize_weights(weights, len(tensors)), base_tensor, scale, thresholds_K)
-    return merged.to(out_dtype or tensors[0].dtype)
-
-
-def merge_state_dicts(state_dicts: Sequence[Mapping[str, Tensor]], method: str = "average",
-                      weights: Sequence[float] | None = None, base_state_dict: Mapping[str, Tensor] | None = None,
-                      density: float = 0.2, scale: float = 1.0) -> dict[str, Tensor]:  # fmt: skip
-    """Merge K in-memory state dicts key by key with merge_tensors; non-float tensors are taken from the first."""
-    all_sds = list(state_dicts) + ([base_state_dict] if base_state_dict is not None else [])
-    layouts = [{k: (str(v.dtype), tuple(v.shape)) for k, v in sd.items()} for sd in all_sds]
-    _check_same_layout(layouts, [f"state dict {i}" for i in range(len(all_sds))])
-    merged = {}
-    for key, first in state_dicts[0].items():
-        if not first.is_floating_point():
-            merged[key] = first.clone()
-            continue
-        base = base_state_dict[key] if base_state_dict is not None else None
-        merged[key] = merge_tensors(method, [sd[key] for sd in state_dicts], weights, base, density, scale)
-    return merged
 
 
 # ---------------------------------------------------------------- validation
@@ -201,7 +132,12 @@ def _check_same_arch(folders: Sequence[Path]) -> None:
     seen = None
     for folder in folders:
         if (folder / "config.json").is_file():
-            config = json.loads((folder / "config.json").read_text())
+            try:
+                config = json.loads((folder / "config.json").read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"{folder / 'config.json'} is not valid JSON ({err}): re-download or fix it") from None
+            if not isinstance(config, dict):
+                raise ValueError(f"{folder / 'config.json'} is not a JSON object: re-download or fix it")
             arch = (config.get("architectures"), config.get("model_type"))
             if seen is not None and arch != seen[1]:
                 raise ValueError(f"architectures differ: {seen[0]} is {seen[1]}, {folder} is {arch}")
@@ -219,13 +155,6 @@ def _check_output(out: Path, folders: Sequence[Path], overwrite: bool) -> None:
 
 
 # ---------------------------------------------------------------- streaming merge (I/O in copd.merge_io)
-def _scratch(buffers: dict, role: object, dtype: torch.dtype, count: int) -> Tensor:
-    """A flat buffer reused across chunks by role: fresh big allocations would page-fault on every chunk."""
-    if role not in buffers or buffers[role].numel() < count or buffers[role].dtype != dtype:
-        buffers[role] = torch.empty(max(count, CHUNK_NUMEL), dtype=dtype)
-    return buffers[role][:count]
-
-
 @dataclass(frozen=True)
 class _Job:
     """What to do with every tensor."""
@@ -241,93 +170,147 @@ class _Job:
         return self.method == "ties" or (self.method == "task_arithmetic" and self.scale != 1.0)
 
 
-def _tensor_merger(job: _Job, fds: Mapping[Path, int], sources: Mapping[str, list], bar: tqdm) -> Callable:
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def _tensor_merger(job: _Job, fds: Mapping[Path, int], sources: Mapping[str, list], bar) -> Callable:
     """A name -> chunks function: reads each chunk of the tensor from every source (inputs, then the base), merges
     and casts it in reused buffers (valid until the next chunk); non-float tensors come from the first input."""
-    buffers, k = {}, len(job.weights_K)
+    scr, k = Scratch(CHUNK_NUMEL), len(job.weights_K)
 
-    def tensor_chunks(key: str) -> Iterator[Tensor]:
+    def tensor_chunks(key: str) -> Iterator[np.ndarray]:
         srcs, numel = sources[key], math.prod(sources[key][0].shape)
-        dtype = ST_DTYPES[srcs[0].dtype]
-        acc_dtype, out_dtype = _acc_dtype(dtype), ST_DTYPES[job.out_code or srcs[0].dtype]
+        code, raw = srcs[0].dtype, RAW_DTYPES[srcs[0].dtype]
+        if code == "F64":
+            yield from _f64_chunks(job, fds, srcs, numel)
+            bar.update(1)
+            return
         thresholds_K = None
-        if job.method == "ties" and srcs[0].dtype in FLOAT_CODES:  # the threshold is per whole tensor
-            whole = lambda e: pread(fds[e.path], e, 0, torch.empty(numel, dtype=dtype)).to(acc_dtype)
+        if job.method == "ties" and code in FLOAT_CODES:  # the threshold is per whole tensor
+            whole = lambda e: widen(pread(fds[e.path], e, 0, np.empty(numel, raw)), code, Scratch(0), "whole")
             base_N = whole(srcs[k])
-            thresholds_K = [ties_threshold(whole(e) - base_N, job.density) for e in srcs[:k]]
+            with np.errstate(all="ignore"):
+                thresholds_K = [np_ties_threshold(whole(e) - base_N, job.density) for e in srcs[:k]]
         for start in range(0, numel, CHUNK_NUMEL):
             count = min(CHUNK_NUMEL, numel - start)
-            chunks = [pread(fds[e.path], e, start, _scratch(buffers, j, dtype, count)) for j, e in enumerate(srcs)]
-            if srcs[0].dtype not in FLOAT_CODES:
+            chunks = [pread(fds[e.path], e, start, scr.get(("raw", j), raw, count)) for j, e in enumerate(srcs)]
+            if code not in FLOAT_CODES:
                 yield chunks[0]
                 continue
-            base = chunks[k] if job.needs_base else None
-            acc = _scratch(buffers, "acc", acc_dtype, count)
-            acc = merge_flat(job.method, chunks[:k], job.weights_K, base, job.scale, thresholds_K, out=acc)
-            yield acc if out_dtype == acc_dtype else _scratch(buffers, "out", out_dtype, count).copy_(acc)
+            xs = [widen(c, code, scr, ("wide", j)) for j, c in enumerate(chunks)]
+            base = xs[k] if job.needs_base else None
+            acc = merge_chunk(job.method, xs[:k], job.weights_K, base, job.scale, thresholds_K, scr, code)
+            yield narrow(acc, job.out_code or code, scr)
         bar.update(1)
 
     return tensor_chunks
+
+
+def _f64_chunks(job: _Job, fds: Mapping[Path, int], srcs: Sequence[TensorEntry], numel: int) -> Iterator[np.ndarray]:
+    """fp64 tensors (rare) go through the torch math: numpy has no fp64 fused multiply-add to match it with."""
+    import torch
+
+    from copd.merge_torch import merge_flat, ties_threshold
+
+    k, read = len(job.weights_K), lambda e, start, n: torch.from_numpy(pread(fds[e.path], e, start, np.empty(n)))
+    thresholds_K = None
+    if job.method == "ties":
+        base_N = read(srcs[k], 0, numel)
+        thresholds_K = [ties_threshold(read(e, 0, numel) - base_N, job.density) for e in srcs[:k]]
+    out_dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(job.out_code)
+    for start in range(0, numel, CHUNK_NUMEL):
+        count = min(CHUNK_NUMEL, numel - start)
+        chunks = [read(e, start, count) for e in srcs]
+        base = chunks[k] if job.needs_base else None
+        acc = merge_flat(job.method, chunks[:k], job.weights_K, base, job.scale, thresholds_K)
+        yield (acc if out_dtype is None else acc.to(out_dtype)).view(torch.uint8).numpy()
+
+
+def _out_nbytes(first: Mapping[str, TensorEntry], job: _Job) -> dict[str, tuple[str, int]]:
+    """Output dtype code and byte size of every tensor, in the first input's order."""
+    codes = {key: job.out_code if job.out_code and e.dtype in FLOAT_CODES else e.dtype for key, e in first.items()}
+    return {key: (codes[key], math.prod(e.shape) * ITEMSIZE[codes[key]]) for key, e in first.items()}
 
 
 def _write_merged(tmp: Path, scans: Sequence[dict[str, TensorEntry]], job: _Job, max_shard_bytes: int, progress: bool,
                   threads: int) -> None:  # fmt: skip
     """Write the merged shards (and the index when there are several) into tmp, in the first input's tensor order."""
     first, k = scans[0], len(job.weights_K)
-    floats = {key for key, e in first.items() if e.dtype in FLOAT_CODES}
-    sources = {key: [s[key] for s in scans[: k + job.needs_base]] if key in floats else [e] for key, e in first.items()}
-    codes = {key: job.out_code if job.out_code and key in floats else e.dtype for key, e in first.items()}
-    nbytes = {key: math.prod(e.shape) * ST_DTYPES[codes[key]].itemsize for key, e in first.items()}
-    shards = plan_shards(list(nbytes.items()), max_shard_bytes)
+    used = scans[: k + job.needs_base]
+    sources = {key: [s[key] for s in used] if e.dtype in FLOAT_CODES else [e] for key, e in first.items()}
+    out = _out_nbytes(first, job)
+    shards = plan_shards([(key, nbytes) for key, (_, nbytes) in out.items()], max_shard_bytes)
     n = len(shards)
     files = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     fds = {path: os.open(path, os.O_RDONLY) for path in {e.path for srcs in sources.values() for e in srcs}}
+    if progress:
+        from tqdm import tqdm
+    bar = tqdm(total=len(first), unit="tensor", desc="merge") if progress else _NoBar()
     try:
-        with tqdm(total=len(first), unit="tensor", desc="merge", disable=not progress) as bar:
-            for file, names in zip(files, shards, strict=True):
-                specs = [(key, codes[key], first[key].shape, nbytes[key]) for key in names]
-                write_shard(tmp / file, specs, lambda: _tensor_merger(job, fds, sources, bar), threads)
+        for file, names in zip(files, shards, strict=True):
+            specs = [(key, out[key][0], first[key].shape, out[key][1]) for key in names]
+            write_shard(tmp / file, specs, lambda: _tensor_merger(job, fds, sources, bar), threads)
     finally:
         for fd in fds.values():
             os.close(fd)
+        if progress:
+            bar.close()
     if n > 1:
         weight_map = {key: file for file, names in zip(files, shards, strict=True) for key in names}
-        index = {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}
-        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        index = {"metadata": {"total_size": sum(nbytes for _, nbytes in out.values())}, "weight_map": weight_map}
+        write_durably(tmp / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
 
 
 def merge_checkpoints(inputs: Sequence[str | Path], output: str | Path, method: str = "average",
                       weights: Sequence[float] | None = None, base: str | Path | None = None, density: float = 0.2,
-                      scale: float = 1.0, max_shard_bytes: int = 5 * 10**9, dtype: str | torch.dtype | None = None,
+                      scale: float = 1.0, max_shard_bytes: int = 5 * 10**9, dtype=None,
                       progress: bool = True, overwrite: bool = False, threads: int = 2) -> Path:  # fmt: skip
     """Merge K checkpoint folders into `output` (see the module docstring); all checks run before anything is written.
 
     dtype: None/"auto" keeps the inputs' float dtype, else "fp32"/"bf16"/"fp16" (or the torch dtype). threads: workers
     per shard, each reading, merging and writing its own contiguous run of tensors (no buffer crosses a core).
+    Returns when the output is complete and durable; temp folders of killed runs (their pid gone) are removed.
     """
     folders, out = [Path(p) for p in inputs], Path(output)
     _check_method_args(method, len(folders), base is not None, weights, density, scale)
-    if dtype not in OUT_DTYPES and dtype is not None:
+    if dtype is not None and str(dtype) not in OUT_DTYPES:
         raise ValueError(f"unsupported output dtype {dtype!r}: use auto, fp32, bf16 or fp16")
     if max_shard_bytes <= 0 or threads < 1:
         raise ValueError(f"max shard size and threads must be positive, got {max_shard_bytes} and {threads}")
-    job = _Job(method, normalize_weights(weights, len(folders)), density, scale, OUT_DTYPES.get(dtype))
+    job = _Job(method, normalize_weights(weights, len(folders)), density, scale, OUT_DTYPES.get(str(dtype)))
     all_folders = folders + ([Path(base)] if base is not None else [])
     scans = [scan_checkpoint(f) for f in all_folders]
     _check_same_layout([{k: (e.dtype, e.shape) for k, e in s.items()} for s in scans], [str(f) for f in all_folders])
     _check_same_arch(all_folders)
     _check_output(out, all_folders, overwrite)
+    remove_stale(out)
+    need = sum(nbytes for _, nbytes in _out_nbytes(scans[0], job).values())
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        if (free := shutil.disk_usage(tmp).free) < need:
+            raise ValueError(f"{out.parent} has {_size(free)} free, the merge needs {_size(need)}: "
+                             "free space or pass another --output")  # fmt: skip
         _write_merged(tmp, scans, job, max_shard_bytes, progress, threads)
         copy_side_files(folders[0], tmp, job.out_code)
         replace_folder(tmp, out)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on the device of {out.parent} while writing the "
+                          f"{_size(need)} merge: free space or pass another --output") from err  # fmt: skip
+        raise
     except BaseException:  # never leave a half-written output behind, then re-raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 10**9 else f"{nbytes / 1e6:.1f} MB"
 
 
 # ---------------------------------------------------------------- CLI
@@ -356,7 +339,8 @@ def _parse_weights(text: str | None) -> list[float] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: returns 0 on success, 2 (one-line message on stderr, nothing written) on invalid input."""
+    """CLI entry: 0 on success; else one line on stderr, nothing at the output: 2 on invalid input (checked before
+    any work), 1 when writing fails (disk full, no permission), 130 on Ctrl-C."""
     p = _Parser(prog="python -m copd.merge", description="Merge Hugging Face safetensors checkpoints, streaming.")
     p.add_argument("inputs", nargs="+", help="checkpoint folders to merge")
     p.add_argument("--output", required=True, help="folder to create (must not exist or be empty)")
@@ -372,9 +356,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind (and remove the temp folder) on kill too
-    # memory-bound work on ~1 MB chunks, parallel over --threads workers: OpenMP threads inside each op would only
-    # add barrier waits (dire on a loaded machine)
-    torch.set_num_threads(1)
     try:
         merge_checkpoints(args.inputs, args.output, args.method, _parse_weights(args.weights), args.base,
                           args.ties_density, args.task_scale, parse_size(args.shard_size), args.dtype,
@@ -382,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the disk filled, a folder is not writable, ...: the temp folder is already gone
+        where = f": {err.filename}" if err.filename else ""
+        print(f"{p.prog}: error: {err.strerror or err}{where}; nothing written at {args.output}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # the temp folder is already gone
         print(f"{p.prog}: interrupted, nothing written", file=sys.stderr)
         return 130
