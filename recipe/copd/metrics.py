@@ -30,6 +30,38 @@ class MetricsSink:
             f.write(json.dumps(row) + "\n")
 
 
+class ProgressLog:
+    """The run's progress lines, printed and appended to ``path`` (``progress.log``): the driver echoes the file
+    when Ray keeps the workers' own output off the console (``copd.run.worker_logs=false``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, line: str) -> None:
+        print(line, flush=True)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+class FileFollower:
+    """New lines of a growing file since construction (``tail -f`` without the process)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = os.path.getsize(path) if os.path.exists(path) else 0
+
+    def new_lines(self) -> list[str]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            f.seek(self.offset)
+            text = f.read()
+        complete = text[: text.rfind("\n") + 1]  # a line still being written waits for the next call
+        self.offset += len(complete.encode())
+        return complete.splitlines()
+
+
 def progress_line(
     step: int, total: int, pos: PhasePosition, rewards: dict[str, float | None], overlaps: dict, seconds: float
 ) -> str:

@@ -34,14 +34,17 @@ class ToyConfig:
 class RunConfig:
     cross_batch_size: int | None = None  # prompts per cross batch (None: data.train_batch_size)
     validate_merged: bool = True  # validate the merged model through the rollout on every branch's val data
+    worker_logs: bool = False  # stream every Ray worker's output (verl's prints and logs) to the console; false:
+    # they stay in Ray's session logs (/tmp/ray/session_latest/logs) and the console shows one line per step
     toy: ToyConfig = field(default_factory=ToyConfig)  # the embedded default
 
     def __post_init__(self):
         size = self.cross_batch_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"copd.run.cross_batch_size={size!r} must be an integer >= 1, or null")
-        if not isinstance(self.validate_merged, bool):
-            raise ValueError(f"copd.run.validate_merged={self.validate_merged!r} must be true or false")
+        for name in ("validate_merged", "worker_logs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"copd.run.{name}={getattr(self, name)!r} must be true or false")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> RunConfig:

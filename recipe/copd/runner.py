@@ -5,12 +5,14 @@ this module started it)."""
 from __future__ import annotations
 
 import os
+import sys
 
 import ray
 from omegaconf import DictConfig, OmegaConf
 
 import verl_patches
 from copd.config import CoPDConfig
+from recipe.copd.metrics import FileFollower
 from recipe.copd.run_config import RunConfig
 
 #: Known-harmless warnings, filtered in every Ray worker at their source: verl's engine registry warns once per
@@ -71,19 +73,41 @@ def run_copd(config: DictConfig, copd: CoPDConfig, run: RunConfig) -> dict:
     from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
 
     out = os.path.abspath(config.trainer.default_local_dir)
-    if config.trainer.resume_mode == "disable" and os.path.exists(os.path.join(out, "metrics.jsonl")):
-        os.remove(os.path.join(out, "metrics.jsonl"))
+    if config.trainer.resume_mode == "disable":  # a fresh run starts fresh records
+        for name in ("metrics.jsonl", "progress.log"):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
     started = not ray.is_initialized()
+    echo = started and not run.worker_logs  # the workers' output stays in Ray's logs; the driver echoes progress
+    follower = FileFollower(os.path.join(out, "progress.log"))
     if started:
         runtime_env = OmegaConf.to_container(OmegaConf.create(get_ppo_ray_runtime_env(config)))
         runtime_env.setdefault("env_vars", {}).update(worker_env())
         kwargs = OmegaConf.to_container(config.ray_kwargs.get("ray_init", {}), resolve=True)
         kwargs.pop("runtime_env", None)
-        ray.init(runtime_env=runtime_env, **{k: v for k, v in kwargs.items() if v is not None})
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        kwargs.setdefault("logging_level", "warning")  # Ray's own INFO lines ("Started a local Ray instance")
+        ray.init(runtime_env=runtime_env, log_to_driver=not echo, **kwargs)
     runner = CoPDTaskRunner.remote()
     try:
-        return ray.get(runner.run.remote(config, copd, run))
+        result = runner.run.remote(config, copd, run)
+        while echo and not ray.wait([result], timeout=1.0)[0]:
+            for line in follower.new_lines():
+                print(line, flush=True)
+        return ray.get(result)
+    except Exception:
+        if echo:
+            print(f"copd: the run failed; every Ray worker's output is in {_worker_logs()} "
+                  "(copd.run.worker_logs=true streams it to the console)", file=sys.stderr, flush=True)  # fmt: skip
+        raise
     finally:
+        for line in follower.new_lines() if echo else []:
+            print(line, flush=True)
         ray.kill(runner)  # its worker groups, servers and reward workers go with it
         if started:
             ray.shutdown()
+
+
+def _worker_logs() -> str:
+    """The folder of the current Ray session's worker logs."""
+    return os.path.join(ray.get_runtime_context().get_temp_dir(), "session_latest", "logs")

@@ -38,7 +38,7 @@ from recipe.copd import checkpoint as ckpt
 from recipe.copd.batches import branch_timer, key_order, masked_mean, sampled_sym_kl, stable_uids, sub_batch
 from recipe.copd.branch import BranchTrainer, PromptStream, branch_config
 from recipe.copd.finish import export_branches, merge_branches
-from recipe.copd.metrics import MetricsSink, progress_line
+from recipe.copd.metrics import MetricsSink, ProgressLog, progress_line
 from recipe.copd.rollout import BranchRollout
 from recipe.copd.run_config import RunConfig
 from recipe.copd.setup import build_branch_components
@@ -63,6 +63,7 @@ class CoPDTrainer(PPOTrainerSync):
         self.teachers = {name: copd_config.teachers_of(name) for name in self.branches}
         self.out_dir = config.trainer.default_local_dir
         self.sink = MetricsSink(os.path.join(self.out_dir, "metrics.jsonl"))
+        self.progress = ProgressLog(os.path.join(self.out_dir, "progress.log"))
         self._last_batches: dict[str, KVBatchMeta] = {}
 
     # ------------------------------------------------------------------ setup
@@ -147,7 +148,7 @@ class CoPDTrainer(PPOTrainerSync):
         )
         rewards = {b.name: metrics.get(f"branch_{b.name}/copd/reward_native_mean") for b in self.trainable}
         line = progress_line(self.global_steps, self.total_training_steps, pos, rewards, overlaps, time.time() - t0)
-        print(line, flush=True)
+        self.progress.write(line)
         keys = [k for r in rollouts.values() for k in r.batch.keys]
         tags = [t for r in rollouts.values() for t in r.batch.tags]
         return KVBatchMeta(partition_id="train", keys=keys, tags=tags)

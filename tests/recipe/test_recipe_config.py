@@ -26,6 +26,8 @@ def _main(*overrides: str) -> subprocess.CompletedProcess:
         (["copd.merge_weights=[1.0]"], "merge_weights"),
         (["copd.branches=[{name: a}]"], "branch"),
         (["+copd.bogus_knob=1"], "bogus_knob"),
+        (["+copd.run.validate_merge=false"], "validate_merge"),  # copd.run rejects unknown keys too
+        (["copd.run.cross_batch_size=0"], "cross_batch_size"),
         (["copd.branches=[{name: a, train_files: [/no/such.parquet]}, {name: b}]"], "/no/such.parquet"),
         (["actor_rollout_ref.rollout.name=sglang"], "rollout.name=sglang"),
         (["actor_rollout_ref.rollout.disaggregation.enabled=true"], "disaggregation"),

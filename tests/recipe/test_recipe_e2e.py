@@ -73,6 +73,10 @@ def test_two_branches_both_phases_resume_and_merge(tmp_path, toy_workdir, tiny_o
         if k in a:
             torch.testing.assert_close(v, (a[k] + m[k]) / 2)
     assert "Held-out greedy accuracy" in proc.stdout and (run / "summary.json").exists()
+    # a quiet console: progress lines and the table, not verl's prints or metric dumps (issue 8)
+    console = [line for line in (proc.stdout + proc.stderr).splitlines() if not line.startswith("[warm start]")]
+    assert len(console) < 40, "\n".join(console)
+    assert "[copd] step 2/2 cycle 1 opd" in proc.stdout
     assert list(run.glob("*.png")), "no plots written"
 
     # resume from the step-1 checkpoint (mid-cycle: Phase I done, Phase II to go): the same final weights, bitwise

@@ -15,9 +15,12 @@ REWARD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reward.p
 
 def prepare_toy(config: DictConfig, toy: ToyConfig) -> dict:
     """Build (or find cached) the toy's data and model; point every branch at its skill. Returns the data files."""
+    from transformers.utils import logging as hf_logging
+
     from recipe.copd.toy.tasks import build_toy_data
     from recipe.copd.toy.warmstart import warm_start
 
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load otherwise
     workdir = os.path.abspath(toy.workdir)
     t0 = time.time()
     files = build_toy_data(os.path.join(workdir, "data"), n_train=toy.n_train, n_val=toy.n_val, n_test=toy.n_test)

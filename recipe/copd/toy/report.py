@@ -22,9 +22,12 @@ def toy_finish(config: DictConfig, prepared, result: dict, t0: float) -> dict:
 
 def toy_report(config: DictConfig, copd: CoPDConfig, result: dict, files: dict, seconds: float) -> dict:
     """Evaluate base, each branch, the plain average (if the baseline ran) and the CoPD merge; print a table."""
+    from transformers.utils import logging as hf_logging
+
     from recipe.copd.plots import plot_training
     from recipe.copd.toy.evaluate import evaluate_models, format_table
 
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load otherwise
     out = config.trainer.default_local_dir
     models = {"base": config.actor_rollout_ref.model.path}
     models.update({f"branch {name}": path for name, path in result["branches"].items()})
