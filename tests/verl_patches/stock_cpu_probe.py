@@ -104,7 +104,8 @@ def probe_rollout_registries() -> dict:
 
 def probe_worker_groups() -> dict:
     """patch_resource_pools (and the platform inside workers): verl's single-controller API on CPU as stock verl's
-    own CPU tests use it: ray.init(num_cpus=100), caller-sized use_gpu=False pools, a colocated pool."""
+    own CPU tests use it: ray.init(num_cpus=100), caller-sized use_gpu=False pools, two groups on one pool; then
+    what stock verl cannot do on CPU: a ResourcePoolManager, two groups on one use_gpu=True pool."""
     import ray
     from ray.util import placement_group_table, remove_placement_group
     from verl.single_controller.base import Worker
