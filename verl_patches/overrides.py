@@ -7,6 +7,10 @@ HF_THREADS_ENV = "VERL_PATCHES_HF_THREADS"
 #: Logical CPUs Ray advertises on a CPU run: every verl actor (task runner, agent-loop and reward workers,
 #: TransferQueue storage units, load balancer) asks Ray for a CPU; they mostly wait, so logical CPUs may exceed cores.
 MIN_LOGICAL_CPUS = 16
+#: CPUs one trainer rank's bundle holds on CPU: verl's ResourcePoolManager max_colocate_count (3) + the rank's device
+#: CPU (see patches.patch_resource_pools); HELPER_CPUS for the actors outside the pools.
+POOL_CPUS_PER_RANK = 4
+HELPER_CPUS = 12
 
 
 def _physical_cores() -> int:
@@ -65,7 +69,7 @@ def cpu_settings(n_workers: int) -> dict[str, object]:
         "trainer.device": "cpu",
         "trainer.nnodes": 1,
         "trainer.n_gpus_per_node": n_workers,
-        "ray_kwargs.ray_init.num_cpus": max(MIN_LOGICAL_CPUS, 4 * n_workers + 8),
+        "ray_kwargs.ray_init.num_cpus": max(MIN_LOGICAL_CPUS, POOL_CPUS_PER_RANK * n_workers + HELPER_CPUS),
         "transfer_queue.backend.SimpleStorage.num_data_storage_units": 2,
         "reward.num_workers": 1,
         "data.dataloader_num_workers": 0,

@@ -3,7 +3,9 @@
 Every patch was written for verl 0.9.1 (pinned), is idempotent (a second call returns False and changes nothing),
 checks that its target still exists (`PatchTargetMissing` otherwise, with the fix in the message) and returns
 True when it changed something. All of them are no-ops unless the CPU platform is active (`is_cpu()`), except
-`register_hf_rollout`, which only adds the rollout name "hf" to verl's two rollout registries.
+`register_hf_rollout`, which only adds the rollout name "hf" to verl's two rollout registries. Where stock verl
+already runs on CPU (explicit `ray.init(num_cpus=...)`, pools the caller builds, explicit settings) the patches
+leave the caller's choices alone; README.md lists, per patch, what it changes for code that is not ours.
 
 Imports of verl happen inside the functions: `verl_patches.hook` is imported by verl's own `import verl`
 (`VERL_USE_EXTERNAL_MODULES`), so a top-level `import verl...` here would be circular.
@@ -122,6 +124,7 @@ def register_cpu_platform() -> bool:
 
     Why: verl 0.9.1 has no CPU platform; on a CPU box `get_device_name()` says "cuda" and FSDP fails in
     `init_device_mesh("cuda")`. Must run before `verl.workers.engine` is imported, which caches the device name.
+    A platform the caller set with `set_platform` and that is available stays current.
     """
     if not is_cpu():
         return False
@@ -131,11 +134,15 @@ def register_cpu_platform() -> bool:
 
     registry = _target("verl.plugin.platform.platform_manager", "PlatformRegistry")
     _target("verl.plugin.platform.platform_manager", "set_platform")
-    if registry.get(PLATFORM_NAME) is PlatformCPU and isinstance(platform_manager._current_platform, PlatformCPU):
-        return False
-    registry.register(platform=PLATFORM_NAME)(PlatformCPU)
-    platform_manager.set_platform(PlatformCPU())
-    return True
+    changed = registry.get(PLATFORM_NAME) is not PlatformCPU
+    if changed:
+        registry.register(platform=PLATFORM_NAME)(PlatformCPU)
+    current = platform_manager._current_platform
+    # unset, or verl's fallback to an accelerator that is absent ("Falling back to 'nvidia'")
+    if current is None or (not isinstance(current, PlatformCPU) and not current.is_available()):
+        platform_manager.set_platform(PlatformCPU())
+        changed = True
+    return changed
 
 
 def select_fsdp_engine_on_cpu() -> bool:
@@ -143,8 +150,9 @@ def select_fsdp_engine_on_cpu() -> bool:
 
     Why: verl 0.9.1 registers the FSDP engine for devices cuda and npu only (`transformer_impl.py`), although its
     code reaches the device only through the platform. verl's own override knob `VERL_ENGINE_DEVICE` /
-    `VERL_ENGINE_VENDOR` (read by `EngineRegistry.get_engine_cls`) selects the cuda registration; setting it in this
-    process (children inherit it) avoids importing the heavy engine package here.
+    `VERL_ENGINE_VENDOR` (read by `EngineRegistry.get_engine_cls`) selects the cuda registration, the one stock verl
+    picks on a CPU box (its device there is "cuda"); setting it in this process (children inherit it) avoids
+    importing the heavy engine package here. A caller who set either variable keeps its choice.
     """
     if not is_cpu():
         return False
@@ -153,8 +161,8 @@ def select_fsdp_engine_on_cpu() -> bool:
             f"verl.workers.engine.base no longer reads VERL_ENGINE_DEVICE (written for verl {VERL_VERSION}): "
             "register the FSDP engine for device 'cpu' instead, or pin verl==0.9.1"
         )
-    if os.environ.get("VERL_ENGINE_DEVICE") == "cuda" and os.environ.get("VERL_ENGINE_VENDOR") == "nvidia":
-        return False
+    if os.environ.get("VERL_ENGINE_DEVICE") or os.environ.get("VERL_ENGINE_VENDOR"):
+        return False  # set by the caller, or by an earlier application
     os.environ["VERL_ENGINE_DEVICE"], os.environ["VERL_ENGINE_VENDOR"] = "cuda", "nvidia"
     return True
 
@@ -187,67 +195,94 @@ def patch_process_group_backend() -> bool:
 
 
 def patch_resource_pools() -> bool:
-    """Resource pools on CPU: one CPU slot per rank, checked against Ray's CPUs instead of GPUs.
+    """`use_gpu=True` resource pools on CPU: a bundle holds the rank's device CPU beside verl's helper CPUs, and
+    `ResourcePoolManager` checks the pools against Ray's CPUs instead of GPUs.
 
-    Why: `ResourcePoolManager._check_resource_available` counts only GPU/NPU and raises "Total available GPUs 0"
-    on CPU, and a pool made with `use_gpu=False` asks for `max_colocate_count` CPUs per bundle (10 by default),
-    more than a 2-core machine has. On the CPU platform the accelerator is a CPU: every pool is made with
-    `use_gpu=True`, so a bundle is `{"CPU": 1}` (the platform's resource) and colocated workers share it through
-    `num_cpus=1/max_colocate_count`, as they share a GPU through `num_gpus`.
+    Why: on a GPU a bundle is `{"CPU": max_colocate_count, "GPU": 1}`; on the CPU platform the device resource is
+    "CPU" too, so verl's `bundle[device] = 1` overwrote the helper CPUs: `{"CPU": 1}`. A rank's colocated workers
+    hold that CPU (`num_cpus=1/max_colocate_count` each), and the 1-CPU `get_master_addr_port` task that every
+    further worker group on the pool schedules in bundle 0 waited forever. Here the bundle is built as verl builds
+    a `use_gpu=False` one with `max_colocate_count + 1` CPUs: one for the device, `max_colocate_count` for helpers,
+    as on a GPU. `ResourcePoolManager._check_resource_available` counts GPU/NPU only and raises "Total available
+    GPUs 0" on CPU; here it counts those CPUs. `use_gpu=False` pools are left exactly as verl builds them.
     """
     if not is_cpu():
         return False
     pool_cls = _target("verl.single_controller.ray.base", "RayResourcePool")
     manager_cls = _target("verl.single_controller.ray.base", "ResourcePoolManager")
-    original_init = _target("verl.single_controller.ray.base", "RayResourcePool.__init__")
+    original_pgs = _target("verl.single_controller.ray.base", "RayResourcePool.get_placement_groups")
     _target("verl.single_controller.ray.base", "ResourcePoolManager._check_resource_available")
-    if getattr(original_init, MARK, False):
+    if getattr(original_pgs, MARK, False):
         return False
 
-    @functools.wraps(original_init)
-    def __init__(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.use_gpu = True
+    @functools.wraps(original_pgs)
+    def get_placement_groups(self, *args, **kwargs):
+        if not self.use_gpu or self.pgs is not None:
+            return original_pgs(self, *args, **kwargs)
+        colocate = self.max_colocate_count
+        self.use_gpu, self.max_colocate_count = False, colocate + 1  # verl's CPU-only bundle: {"CPU": colocate + 1}
+        try:
+            return original_pgs(self, *args, **kwargs)
+        finally:
+            self.use_gpu, self.max_colocate_count = True, colocate
 
     def _check_resource_available(self):
         import ray
 
         available = sum(node.get("CPU", 0) for node in ray._private.state.available_resources_per_node().values())
-        required = sum(sum(nodes) for nodes in self.resource_pool_spec.values())
+        required = sum(sum(nodes) for nodes in self.resource_pool_spec.values()) * (self.max_colocate_count + 1)
         if available < required:
             raise ValueError(
-                f"Ray has {available} CPUs free but the resource pools need {required} (one per rank): raise "
-                "ray_kwargs.ray_init.num_cpus (logical CPUs may exceed the cores) or lower trainer.n_gpus_per_node"
+                f"Ray has {available} CPUs free but the resource pools need {required} (max_colocate_count + 1 = "
+                f"{self.max_colocate_count + 1} per rank): raise ray_kwargs.ray_init.num_cpus (logical CPUs may "
+                "exceed the cores) or lower trainer.n_gpus_per_node"
             )
 
-    setattr(__init__, MARK, True)
-    pool_cls.__init__ = __init__
+    setattr(get_placement_groups, MARK, True)
+    pool_cls.get_placement_groups = get_placement_groups
     manager_cls._check_resource_available = _check_resource_available
     return True
 
 
 def patch_replay_buffer_poll() -> bool:
-    """Make the V1 replay buffer's wait for rollouts proportionate to the rollout time.
+    """Make the V1 replay buffer's wait for rollouts proportionate to the rollout time, where the caller left
+    `poll_interval` at verl's default.
 
     Why: `ReplayBuffer.sample` polls TransferQueue and sleeps a fixed `poll_interval` (2.0 s, not configurable
     from the trainer config) whenever the batch is not complete yet, so a step's `timing_s/gen` is never below
-    2.0 s, even when the generation of a tiny batch takes 0.1 s. On CPU, wait `POLL_RATIO` of the time spent so far
-    in this `sample` call (at least `POLL_FLOOR_S`, at most `poll_interval`): the overshoot stays under ~20% of the
-    generation time and the number of polls grows only logarithmically.
+    2.0 s, even when the generation of a tiny batch takes 0.1 s. On CPU, a buffer built without `poll_interval`
+    waits `POLL_RATIO` of the time spent so far in this `sample` call (at least `POLL_FLOOR_S`, at most 2.0 s):
+    the overshoot stays under ~20% of the generation time and the number of polls grows only logarithmically.
+    A buffer built with an explicit `poll_interval` sleeps exactly that, as in stock verl.
     """
     if not is_cpu():
         return False
     return _when_imported("verl.trainer.ppo.v1.replay_buffer", _proportionate_replay_buffer_poll)
 
 
+#: Attribute a patched ReplayBuffer carries when its `poll_interval` is verl's default (not the caller's).
+ADAPTIVE_POLL = "_verl_patches_adaptive_poll"
+
+
 def _proportionate_replay_buffer_poll() -> bool:
+    import inspect
+
     buffer_cls = _target("verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer")
+    original_init = _target("verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer.__init__")
     original = _target("verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer._wait_for_next_poll")
     if getattr(original, MARK, False):
         return False
+    signature = inspect.signature(original_init)
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        setattr(self, ADAPTIVE_POLL, "poll_interval" not in signature.bind(self, *args, **kwargs).arguments)
 
     @functools.wraps(original)
     def _wait_for_next_poll(self, partition_id: str, last_debug_time: float) -> float:
+        if not getattr(self, ADAPTIVE_POLL, False):
+            return original(self, partition_id, last_debug_time)
         # `last_debug_time` is the start of this sample() call (or of the last debug print, once a minute).
         full_interval = self.poll_interval
         self.poll_interval = min(full_interval, max(POLL_FLOOR_S, POLL_RATIO * (time.time() - last_debug_time)))
@@ -256,7 +291,9 @@ def _proportionate_replay_buffer_poll() -> bool:
         finally:
             self.poll_interval = full_interval
 
+    setattr(__init__, MARK, True)
     setattr(_wait_for_next_poll, MARK, True)
+    buffer_cls.__init__ = __init__
     buffer_cls._wait_for_next_poll = _wait_for_next_poll
     return True
 
@@ -270,6 +307,12 @@ def register_hf_rollout() -> bool:
     adapters = _target("verl.workers.rollout.base", "_ROLLOUT_REGISTRY")
     if replicas._registry.get("hf") is load_replica_class and adapters.get(("hf", "async")) == ADAPTER_FQN:
         return False
+    theirs = (replicas._registry.get("hf", load_replica_class), adapters.get(("hf", "async"), ADAPTER_FQN))
+    if theirs != (load_replica_class, ADAPTER_FQN):
+        raise RuntimeError(
+            f"rollout name 'hf' is already registered elsewhere ({theirs}); verl_patches will not replace it: "
+            "rename that rollout or set VERL_PATCHES_DISABLE=register_hf_rollout"
+        )
     replicas.register("hf", load_replica_class)
     adapters[("hf", "async")] = ADAPTER_FQN
     return True

@@ -21,8 +21,9 @@ TARGETS = [
     ("verl.plugin.platform.platform_manager", "PlatformRegistry"),
     ("verl.plugin.platform.platform_manager", "set_platform"),
     ("verl.utils.distributed", "initialize_global_process_group_ray"),
-    ("verl.single_controller.ray.base", "RayResourcePool.__init__"),
+    ("verl.single_controller.ray.base", "RayResourcePool.get_placement_groups"),
     ("verl.single_controller.ray.base", "ResourcePoolManager._check_resource_available"),
+    ("verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer.__init__"),
     ("verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer._wait_for_next_poll"),
     ("verl.workers.rollout.replica", "RolloutReplicaRegistry"),
     ("verl.workers.rollout.base", "_ROLLOUT_REGISTRY"),
@@ -93,32 +94,61 @@ def test_process_group_backend_is_plain_gloo(monkeypatch):
         dist.destroy_process_group()
 
 
-def test_resource_pools_use_one_cpu_slot_per_rank(monkeypatch):
+def test_fsdp_engine_knob_set_by_the_caller_is_kept(monkeypatch):
+    monkeypatch.setenv("VERL_ENGINE_DEVICE", "npu")
+    monkeypatch.delenv("VERL_ENGINE_VENDOR")
+    assert not patches.select_fsdp_engine_on_cpu()
+    assert os.environ["VERL_ENGINE_DEVICE"] == "npu" and "VERL_ENGINE_VENDOR" not in os.environ
+
+
+def test_platform_set_by_the_caller_is_kept(monkeypatch):
+    from verl.plugin.platform import get_platform, platform_manager
+
+    theirs = types.SimpleNamespace(is_available=lambda: True)  # set_platform(...) by the caller, available
+    monkeypatch.setattr(platform_manager, "_current_platform", theirs)
+    assert not patches.register_cpu_platform()
+    assert get_platform() is theirs
+
+
+def test_resource_pools_leave_caller_pools_alone(monkeypatch):
     import ray
     from verl.single_controller.ray.base import RayResourcePool, ResourcePoolManager
 
-    assert RayResourcePool(process_on_nodes=[2], use_gpu=False, max_colocate_count=10).use_gpu
-    manager = ResourcePoolManager(resource_pool_spec={"pool": [2]}, mapping={})
-    monkeypatch.setattr(ray._private.state, "available_resources_per_node", lambda: {"n": {"CPU": 16.0}})
+    pool = RayResourcePool(process_on_nodes=[2], use_gpu=False, max_colocate_count=10)
+    assert (pool.use_gpu, pool.max_colocate_count) == (False, 10)
+    manager = ResourcePoolManager(resource_pool_spec={"pool": [2]}, mapping={})  # max_colocate_count 3: 4 CPUs a rank
+    monkeypatch.setattr(ray._private.state, "available_resources_per_node", lambda: {"n": {"CPU": 8.0}})
     manager._check_resource_available()  # verl 0.9.1 counts GPUs only: "Total available GPUs 0"
-    monkeypatch.setattr(ray._private.state, "available_resources_per_node", lambda: {"n": {"CPU": 1.0}})
+    monkeypatch.setattr(ray._private.state, "available_resources_per_node", lambda: {"n": {"CPU": 7.0}})
     with pytest.raises(ValueError, match="ray_init.num_cpus"):
         manager._check_resource_available()
 
 
 def test_replay_buffer_waits_in_proportion(monkeypatch):
+    from omegaconf import OmegaConf
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
     slept = []
     monkeypatch.setattr(time, "sleep", slept.append)
-    fake = types.SimpleNamespace(poll_interval=2.0)
+    buffer = ReplayBuffer("sync", OmegaConf.create({}), None, "drop", {})  # verl's default poll_interval
     now = time.time()
-    ReplayBuffer._wait_for_next_poll(fake, "train", now - 1.0)  # 1 s into sample(): wait 0.2 * 1 s
-    ReplayBuffer._wait_for_next_poll(fake, "train", now)  # just started: the floor
-    ReplayBuffer._wait_for_next_poll(fake, "train", now - 30.0)  # long wait: capped at verl's 2.0 s
+    buffer._wait_for_next_poll("train", now - 1.0)  # 1 s into sample(): wait 0.2 * 1 s
+    buffer._wait_for_next_poll("train", now)  # just started: the floor
+    buffer._wait_for_next_poll("train", now - 30.0)  # long wait: capped at verl's 2.0 s
     assert slept[0] == pytest.approx(0.2, abs=0.01)
     assert slept[1] == pytest.approx(patches.POLL_FLOOR_S, abs=1e-3)
-    assert slept[2] == 2.0 and fake.poll_interval == 2.0
+    assert slept[2] == 2.0 and buffer.poll_interval == 2.0
+    explicit = ReplayBuffer("sync", OmegaConf.create({}), None, "drop", {}, poll_interval=2.0)
+    explicit._wait_for_next_poll("train", now)  # the caller's choice: exactly its interval
+    assert slept[3] == 2.0
+
+
+def test_hf_rollout_name_taken_by_someone_else_is_not_replaced(monkeypatch):
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    monkeypatch.setitem(RolloutReplicaRegistry._registry, "hf", lambda: object)
+    with pytest.raises(RuntimeError, match="VERL_PATCHES_DISABLE=register_hf_rollout"):
+        patches.register_hf_rollout()
 
 
 def test_hf_rollout_registered_in_both_registries():
