@@ -98,7 +98,8 @@ def math_equal(pred: str, gold: str) -> bool:
     pred_parsed = parse(f"${pred.strip().strip('$')}$", parsing_timeout=t) or parse(pred, parsing_timeout=t)
     if gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=t):
         return True
-    p, g = _to_float(pred), _to_float(gold)  # "6.5e-27" vs "6.5 \times 10^{-27}": relative 1e-4, as Qwen2.5-Math's grader
+    # "6.5e-27" vs "6.5 \times 10^{-27}": within 1e-4 relative, as in Qwen2.5-Math's grader
+    p, g = _to_float(pred), _to_float(gold)
     return p is not None and g is not None and math.isclose(p, g, rel_tol=1e-4, abs_tol=0.0 if g else 1e-9)
 
 
