@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 
-from recipe.copd.data.common import DataError, find_files, read_rows, uniform_videos, write_parquet
+from recipe.copd.data.common import DataError, find_files, read_rows, replace_instruction, uniform_videos, write_parquet
 from recipe.copd.data.registry import DATASETS
 
 
@@ -40,6 +40,7 @@ def convert(
     file_name: str | None = None,
     limit: int | None = None,
     media_root: str | None = None,
+    instruction: str | None = None,
 ) -> tuple[str, int]:
     """Convert and write; returns (the parquet path, its row count). Raises ``DataError`` on bad input."""
     if name not in DATASETS:
@@ -52,6 +53,9 @@ def convert(
     root = media_root or (input_path if os.path.isdir(input_path) else os.path.dirname(os.path.abspath(input_path)))
     source = data_source or spec.data_source
     out_rows = spec.convert(rows, source, split, root=root)
+    if instruction is not None:
+        for row in out_rows:
+            row["prompt"][-1]["content"] = replace_instruction(row["prompt"][-1]["content"], instruction)
     path = os.path.join(output_dir, f"{file_name or f'{source}_{split or spec.role}'}.parquet")
     frames_dir = path[: -len(".parquet")] + "_frames"
     tmp_dir = f"{frames_dir}.tmp-{os.getpid()}"
@@ -76,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-source", help="write this data_source (default: the branch or the benchmark name)")
     p.add_argument("--name", dest="file_name", help="file name without .parquet (default: <data_source>_<split>)")
     p.add_argument("--limit", type=int, help="keep only the first N rows")
+    p.add_argument("--instruction", help="replace the answer-format instruction (\\boxed{}) with this text ('': none)")
     p.add_argument("--media-root", help="folder that relative image/video paths start from (default: --input)")
     args = p.parse_args(argv)
     try:
         path, n = convert(args.name, args.input, args.output, args.split, args.data_source, args.file_name,
-                          args.limit, args.media_root)  # fmt: skip
+                          args.limit, args.media_root, args.instruction)  # fmt: skip
     except DataError as err:
         print(f"copd.data: error: {args.name}: {err}", file=sys.stderr)
         return 2

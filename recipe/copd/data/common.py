@@ -19,6 +19,7 @@ import pandas as pd
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices, and put the letter within \\boxed{}."
+BOXED_INSTRUCTION = "Put your final answer within \\boxed{}."
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LETTER_PREFIX = re.compile(r"^\(?([A-Z])\s*[\.\):]\s*")
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -178,6 +179,13 @@ def letter_of(answer: str, options: list[str], i: int) -> str:
     if a.lower() in texts:
         return LETTERS[texts.index(a.lower())]
     raise DataError(f"row {i}: field answer: {answer!r} is neither an option letter nor an option's text")
+
+
+def replace_instruction(content: str, instruction: str) -> str:
+    """The prompt with our answer-format instruction replaced by ``instruction`` ('' removes it)."""
+    for ours in (MATH_INSTRUCTION, CHOICE_INSTRUCTION, BOXED_INSTRUCTION):
+        content = content.replace(ours, instruction)
+    return content.strip()
 
 
 def make_row(

@@ -7,6 +7,7 @@ import math
 import re
 
 from recipe.copd.data.common import (
+    BOXED_INSTRUCTION,
     CHOICE_INSTRUCTION,
     MATH_INSTRUCTION,
     DataError,
@@ -98,7 +99,7 @@ def mathvista(rows, data_source, split, root=None, **_):
         precision = row.get("precision")
         precision = None if precision is None or (isinstance(precision, float) and math.isnan(precision)) else precision
         answer_type = {"integer": "numeric", "float": "numeric", "text": "text"}.get(kind, "math")
-        text = f"{question.strip()}\n\nPut your final answer within \\boxed{{}}."
+        text = f"{question.strip()}\n\n{BOXED_INSTRUCTION}"
         extra = info(answer_type, i, split, precision=precision if kind == "float" else None, numeric_kind=kind, **meta)
         out.append(make_row(data_source, "vision", text, answer, extra, images=[image]))
     return out

@@ -83,31 +83,32 @@ def write_math(root: Path) -> Path:
     return _parquet(rows, root / "math" / "data" / "train-00000-of-00001.parquet").parent.parent
 
 
-def write_aime24(root: Path) -> Path:  # HuggingFaceH4/aime_2024
-    rows = {"id": [60, 61, 62], "problem": [q for q, _ in MATH_ROWS], "solution": ["..."] * 3,
-            "answer": [a for _, a in MATH_ROWS], "url": ["u"] * 3, "year": [2024] * 3}  # fmt: skip
+def write_aime24(root: Path, qa: list[tuple[str, str]] = MATH_ROWS) -> Path:  # HuggingFaceH4/aime_2024
+    n = len(qa)
+    rows = {"id": list(range(60, 60 + n)), "problem": [q for q, _ in qa], "solution": ["..."] * n,
+            "answer": [a for _, a in qa], "url": ["u"] * n, "year": [2024] * n}  # fmt: skip
     return _parquet(rows, root / "aime24" / "data" / "train-00000-of-00001.parquet").parent.parent
 
 
-def write_aime25(root: Path) -> Path:  # math-ai/aime25: test.jsonl
-    rows = [{"problem": q, "answer": a, "id": str(i)} for i, (q, a) in enumerate(MATH_ROWS)]
+def write_aime25(root: Path, qa: list[tuple[str, str]] = MATH_ROWS) -> Path:  # math-ai/aime25: test.jsonl
+    rows = [{"problem": q, "answer": a, "id": str(i)} for i, (q, a) in enumerate(qa)]
     return _jsonl(rows, root / "aime25" / "test.jsonl").parent
 
 
-def write_hmmt25(root: Path) -> Path:  # MathArena/hmmt_feb_2025
-    rows = {"problem_idx": [1, 2, 3], "problem": [q for q, _ in MATH_ROWS], "answer": [a for _, a in MATH_ROWS],
-            "problem_type": [["Algebra"]] * 3}  # fmt: skip
+def write_hmmt25(root: Path, qa: list[tuple[str, str]] = MATH_ROWS) -> Path:  # MathArena/hmmt_feb_2025
+    rows = {"problem_idx": list(range(1, len(qa) + 1)), "problem": [q for q, _ in qa], "answer": [a for _, a in qa],
+            "problem_type": [["Algebra"]] * len(qa)}  # fmt: skip
     return _parquet(rows, root / "hmmt25" / "data" / "train-00000-of-00001.parquet").parent.parent
 
 
-def write_math500(root: Path) -> Path:  # HuggingFaceH4/MATH-500: test.jsonl
+def write_math500(root: Path, qa: list[tuple[str, str]] = MATH_ROWS) -> Path:  # HuggingFaceH4/MATH-500: test.jsonl
     rows = [{"problem": q, "solution": f"\\boxed{{{a}}}", "answer": a, "subject": "Algebra", "level": 1,
-             "unique_id": f"test/algebra/{i}.json"} for i, (q, a) in enumerate(MATH_ROWS)]  # fmt: skip
+             "unique_id": f"test/algebra/{i}.json"} for i, (q, a) in enumerate(qa)]  # fmt: skip
     return _jsonl(rows, root / "math500" / "test.jsonl").parent
 
 
-def write_minerva_math(root: Path) -> Path:  # math-ai/minervamath: test.jsonl of question, answer
-    return _jsonl([{"question": q, "answer": a} for q, a in MATH_ROWS], root / "minerva" / "test.jsonl").parent
+def write_minerva_math(root: Path, qa: list[tuple[str, str]] = MATH_ROWS) -> Path:  # math-ai/minervamath
+    return _jsonl([{"question": q, "answer": a} for q, a in qa], root / "minerva" / "test.jsonl").parent
 
 
 # ---------------------------------------------------------------- image

@@ -1,0 +1,35 @@
+"""Table 1's layout from per-benchmark scores: averages, bold best, missing values."""
+
+import pytest
+
+from recipe.copd.eval import EvalError, parse_benchmarks
+from recipe.copd.table import build_table, render_markdown
+
+
+def test_averages_by_hand():
+    scores = {"base": {"aime24": 10.0, "math500": 50.0, "mmmu": 40.0}, "copd": {"aime24": 20.0, "math500": 60.0,
+              "mmmu": 30.0}}  # fmt: skip
+    table = build_table(scores, {"aime24": 30, "math500": 500, "mmmu": 900})
+    rows = {r["name"]: r for r in table["rows"]}
+    assert [r["name"] for r in table["rows"]] == ["mmmu", "image_avg", "aime24", "math500", "text_avg", "overall"]
+    assert rows["text_avg"]["values"] == {"base": 30.0, "copd": 40.0}  # (10+50)/2, (20+60)/2
+    assert rows["image_avg"]["values"] == {"base": 40.0, "copd": 30.0}
+    assert rows["overall"]["values"] == {"base": 35.0, "copd": 35.0}  # mean of the two group averages
+    assert rows["text_avg"]["n"] == 530 and rows["overall"]["n"] == 1430
+    md = render_markdown(table)
+    assert "| MMMU | **40.00** | 30.00 | 900 |" in md and "| *Overall avg* | **35.00** | **35.00** | 1430 |" in md
+
+
+def test_missing_benchmark_leaves_the_average_blank():
+    table = build_table({"a": {"aime24": 10.0, "aime25": 5.0}, "b": {"aime24": 20.0}}, {"aime24": 30, "aime25": 30})
+    avg = next(r for r in table["rows"] if r["name"] == "text_avg")
+    assert avg["values"] == {"a": 7.5, "b": None}
+    assert "| AIME25 | 5.00 | - | 30 |" in render_markdown(table)
+
+
+def test_benchmark_spec():
+    assert parse_benchmarks("text") == ["aime24", "aime25", "hmmt25", "math500", "minerva_math"]
+    assert parse_benchmarks("mvbench,aime24") == ["aime24", "mvbench"]
+    assert len(parse_benchmarks("all")) == 14
+    with pytest.raises(EvalError, match="not a group"):
+        parse_benchmarks("gsm8k")
