@@ -33,3 +33,21 @@ def test_benchmark_spec():
     assert len(parse_benchmarks("all")) == 14
     with pytest.raises(EvalError, match="not a group"):
         parse_benchmarks("gsm8k")
+
+
+def test_eval_bad_input_exits_2_before_any_run(tmp_path, capsys):
+    from recipe.copd.eval import main
+
+    (tmp_path / "m").mkdir()
+    cases = [
+        (["--models", f"a={tmp_path / 'nope'}", "--data", str(tmp_path)], "not a folder"),
+        (["--models", "nameless", "--data", str(tmp_path)], "NAME=PATH"),
+        (["--models", f"a={tmp_path / 'm'}", "--data", str(tmp_path), "--benchmarks", "gsm8k"], "not a group"),
+        (["--models", f"a={tmp_path / 'm'}", "--data", str(tmp_path), "--benchmarks", "aime24"], "no aime24.parquet"),
+        (["--models", f"a={tmp_path / 'm'}", "--data", str(tmp_path), "--n", "4"], "--temperature > 0"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("copd.eval: error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
