@@ -68,7 +68,9 @@ def recipe_command(model: str, files: list[str], run_dir: str, args, overrides: 
     return cmd + [
         "copd.run.toy.enable=false",
         f"copd.branches=[{{name: eval, data_source: null, train_files: [{listed}], val_files: [{listed}]}}]",
-        "copd.topology=all", "copd.s_opd=0", "copd.n_cycles=1", "copd.run.validate_merged=false",
+        # one branch, no teachers: the schedule is never run (val_only), it only has to validate
+        "copd.topology=all", "copd.hub=null", "copd.edges=[]", "copd.merge_weights=null",
+        "copd.n_cycles=1", "copd.s_rl=1", "copd.s_opd=0", "copd.run.validate_merged=false",
         f"actor_rollout_ref.model.path={os.path.abspath(model)}",
         "reward.custom_reward_function.path=pkg://recipe.copd.reward",
         "reward.custom_reward_function.name=compute_score",

@@ -31,7 +31,7 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _THINK = re.compile(r"<think>.*?</think>", re.S)
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 _ANSWER_LINE = re.compile(
-    r"(?:final answer|the answer|answer)\s*(?:is|:)?\s*[:\-]?\s*(.+)$", re.I | re.M
+    r"\b(?:final answer|the answer|answer)\b\s*(?:is|:)?\s*[:\-]?\s*(.+)$", re.I | re.M
 )  # "Answer: 5", "The final answer is $5$", "the answer is (B)."
 
 
@@ -172,7 +172,7 @@ def text_equal(pred: str, gold: str) -> bool:
     return bool(pred) and _normalize(pred) == _normalize(gold)
 
 
-def answer_type(data_source: str, ground_truth: str, extra_info: dict | None) -> str:
+def answer_type(data_source: str, extra_info: dict | None) -> str:
     """The checker of a row: ``extra_info["answer_type"]``, else the data source's default kind."""
     kind = (extra_info or {}).get("answer_type") or DEFAULT_KIND.get(data_source)
     if kind is None:
@@ -186,7 +186,7 @@ def score(data_source: str, solution: str, ground_truth, extra_info: dict | None
     """1.0 when the response's final answer is correct, else 0.0 (see the module docstring)."""
     gold = str(ground_truth)
     info = extra_info or {}
-    kind = answer_type(data_source, gold, info)
+    kind = answer_type(data_source, info)
     if kind == "choice":
         ok = choice_equal(solution, gold, info.get("choices"))
     elif kind == "numeric":

@@ -51,3 +51,30 @@ def test_eval_bad_input_exits_2_before_any_run(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("copd.eval: error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("preset", ["qwen3vl_text_image", "qwen3vl_text_image_video_hub", "baselines/mopd"])
+def test_eval_overrides_compose_with_every_kind_of_preset(preset, tmp_path, monkeypatch):
+    """The recipe command that the evaluation runs validates on a pair, a hub and an edges preset."""
+    from argparse import Namespace
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from recipe.copd.eval import recipe_command
+    from recipe.copd.main import copd_config_from
+
+    for var in ("COPD_DATA", "COPD_TEXT_EXPERT", "COPD_IMAGE_EXPERT", "COPD_VIDEO_EXPERT"):
+        monkeypatch.setenv(var, str(tmp_path))
+    root = Path(__file__).resolve().parents[2]
+    args = Namespace(n=1, temperature=0.0, top_p=1.0, config_name=preset, config_path=str(root / "configs"))
+    cmd = recipe_command(str(tmp_path), ["/d/aime24.parquet", "/d/mmmu.parquet"], str(tmp_path / "run"), args, [])
+    overrides = cmd[cmd.index(preset) + 1 :]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(root / "configs"), version_base=None):
+        cfg = compose(config_name=preset, overrides=overrides)
+    copd = copd_config_from(cfg)
+    assert [b.name for b in copd.branches] == ["eval"] and copd.pairs == []
+    assert list(copd.branches[0].val_files) == ["/d/aime24.parquet", "/d/mmmu.parquet"]
+    assert cfg.trainer.val_only and cfg.reward.custom_reward_function.path == "pkg://recipe.copd.reward"
