@@ -40,11 +40,10 @@ def last_boxed(text: str) -> str | None:
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if start < 0:
         return None
+    macro = "\\boxed" if text.startswith("\\boxed", start) else "\\fbox"
     i = text.find("{", start)
-    if i < 0:
-        return None
-    if text[start:i].strip() not in ("\\boxed", "\\fbox"):  # "\boxed 5" (no brace): up to the next space or $
-        rest = text[start + len("\\boxed") :].strip()
+    if i < 0 or text[start + len(macro) : i].strip():  # "\boxed 5" (no brace): up to the next space or $
+        rest = text[start + len(macro) :].strip()
         return re.split(r"[\s$]", rest, maxsplit=1)[0] or None
     depth = 0
     for j in range(i, len(text)):

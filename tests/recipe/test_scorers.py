@@ -69,6 +69,7 @@ def test_text_answers_and_last_boxed():
     assert scorers.score("zerobench", "\\boxed{Blue car}", "blue car", {"answer_type": "text"}) == 1.0
     assert scorers.last_boxed("a \\boxed{\\frac{1}{2}} b \\boxed{x^{2}}") == "x^{2}"
     assert scorers.last_boxed("no box") is None
+    assert scorers.last_boxed("so $\\boxed 5$") == "5" and scorers.last_boxed("\\fbox{7} then {x}") == "7"
 
 
 def test_every_known_source_has_a_kind_and_unknown_sources_fail_loudly():
