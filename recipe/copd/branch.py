@@ -47,6 +47,7 @@ class BranchTrainer(PPOTrainerSync):
     def init_data(self, tokenizer, processor) -> None:
         """Tokenizer and dataloaders (verl's own), for a branch that has data of its own."""
         self.tokenizer, self.processor = tokenizer, processor
+        self._init_dump_executor()  # verl's _validate dumps generations through it (trainer.validation_data_dir)
         if self.has_data or self.spec.val_files:
             self._init_dataloader()
 

@@ -107,6 +107,10 @@ class CoPDTrainer(PPOTrainerSync):
             self.branches[name].agent_loop_manager = manager
         self.agent_loop_manager = next(iter(agent_loop_managers.values()))
         super().fit(self.agent_loop_manager)
+        for branch in self.branches.values():
+            branch._shutdown_dump_executor()  # generations dumped by trainer.validation_data_dir are written
+        if self.config.trainer.get("val_only", False):  # an evaluation (recipe.copd.eval): nothing to export
+            return {"branches": {}, "merged": None, "val_only": True}
         return self.finish()
 
     # ------------------------------------------------------------------ one step (Algorithm 1)

@@ -31,6 +31,7 @@ CALLED = [
     # the V1 trainer's per-batch methods, called on each BranchTrainer (recipe/copd/trainer.py, branch.py)
     (PPOTrainerSync, "_init_tokenizer", []),
     (PPOTrainerSync, "_init_dump_executor", []),
+    (PPOTrainerSync, "_shutdown_dump_executor", []),
     (PPOTrainerSync, "_init_dataloader", []),
     (PPOTrainerSync, "_next_train_batch", []),
     (PPOTrainerSync, "_submit_batch_to_rollout", ["batch"]),
