@@ -127,6 +127,8 @@ class CoPDTrainer(PPOTrainerSync):
             return branch_timer(name, timing_raw, self._branch_timing[b.name])
 
         for b in self.trainable:  # 1. rollout: native batch (+ one cross batch per teacher in Phase II)
+            with timed("weight_sync", b):
+                b.checkpoint_manager.update_weights(self.global_steps)  # wake the branch's servers with its weights
             with timed("gen", b):
                 rollouts[b.name] = self._rollout(b, opd)
         for b in self.trainable:  # 2. student log-probs (and top-k probe), on the student's own actor
@@ -158,8 +160,8 @@ class CoPDTrainer(PPOTrainerSync):
         return KVBatchMeta(partition_id="train", keys=keys, tags=tags)
 
     def _rollout(self, b: BranchTrainer, opd: bool) -> BranchRollout:
-        """Generate the branch's native batch and its cross batches with the branch's current weights."""
-        b.checkpoint_manager.update_weights(self.global_steps)  # wake the branch's servers with its weights
+        """Generate the branch's native batch and its cross batches with the branch's current weights (synced and
+        woken by the caller)."""
         parts, teacher_of_uid = [], {}
         if b.has_data:
             parts.append(self._with_stable_uids(b._next_train_batch(), b.name, "native"))
