@@ -16,6 +16,7 @@ from copd.config import CoPDConfig
 #: rows per data file whose prompts are tokenized for the length check (a run needs some prompts that fit)
 LENGTH_SAMPLE = 64
 DATA_SUFFIXES = (".parquet", ".json", ".jsonl")  # what verl's RLHFDataset reads
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def first_line(err: BaseException) -> str:
@@ -76,8 +77,8 @@ def _read_table(path: str, columns: list[str] | None = None):
     return list(frame.columns), len(frame), head, (lambda col: frame[col].tolist())
 
 
-def check_data_file(path: str, where: str, data_cfg: DictConfig, tokenizer) -> set[str]:
-    """Open ``path`` as verl's dataset would; return the ``data_source`` values in it. ValueError on a bad file."""
+def check_data_file(path: str, where: str, data_cfg: DictConfig, tokenizer) -> tuple[set[str], int]:
+    """Open ``path`` as verl's dataset would; return the ``data_source`` values in it and its row count."""
     if not path.endswith(DATA_SUFFIXES):
         raise ValueError(f"{where}: data file {path} must end in .parquet, .json or .jsonl (what verl reads)")
     prompt_key = str(data_cfg.get("prompt_key", "prompt"))
@@ -95,13 +96,16 @@ def check_data_file(path: str, where: str, data_cfg: DictConfig, tokenizer) -> s
         )
     if n_rows == 0:
         raise ValueError(f"{where}: data file {path} has no rows")
-    if data_cfg.get("filter_overlong_prompts", True):
-        _check_prompt_lengths(rows, prompt_key, int(data_cfg.max_prompt_length), data_cfg, tokenizer, where, path)
-    return {str(s) for s in set(column(source_key))}
+    _check_prompt_lengths(rows, prompt_key, int(data_cfg.max_prompt_length), data_cfg, tokenizer, where, path)
+    return {str(s) for s in set(column(source_key))}, n_rows
 
 
 def _check_prompt_lengths(rows, key, limit, data_cfg, tokenizer, where, path) -> None:
-    """verl drops prompts longer than ``limit`` tokens: refuse a file where none of the first rows would stay."""
+    """verl drops prompts longer than ``limit`` tokens (``data.filter_overlong_prompts``), or raises on the first one
+    (``data.truncation=error``): refuse a file where none of the first rows would stay, or where one would raise."""
+    filtered = bool(data_cfg.get("filter_overlong_prompts", False))
+    if not filtered and data_cfg.get("truncation", "error") != "error":
+        return  # verl cuts long prompts to the limit
     kwargs = dict(data_cfg.get("apply_chat_template_kwargs") or {})
     for k in ("tokenize", "return_dict", "return_tensors"):
         kwargs.pop(k, None)
@@ -120,6 +124,11 @@ def _check_prompt_lengths(rows, key, limit, data_cfg, tokenizer, where, path) ->
     if not lengths and error is not None:
         raise ValueError(f"{where}: data file {path}: the prompts do not go through the chat template: "
                          f"{first_line(error)}")  # fmt: skip
+    if lengths and not filtered and max(lengths) > limit:
+        raise ValueError(
+            f"{where}: a prompt of {max(lengths)} tokens in {path} exceeds data.max_prompt_length={limit}, and "
+            f"data.truncation=error stops the run on it; raise the limit, or set data.filter_overlong_prompts=true"
+        )
     if lengths and min(lengths) > limit:
         raise ValueError(
             f"{where}: no prompt among the first {len(lengths)} rows of {path} fits data.max_prompt_length={limit} "
@@ -131,6 +140,8 @@ def load_model(path: str, where: str, trust_remote_code: bool):
     """Load the model config and tokenizer at ``path`` (as verl's workers will); returns the tokenizer."""
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise ValueError(f"{where}={path} has no config.json: point it at a Hugging Face model folder")
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise ValueError(f"{where}={path} has no tokenizer ({' / '.join(TOKENIZER_FILES)}): save one beside the model")
     from transformers import AutoConfig
     from verl.utils import hf_tokenizer
 
@@ -176,13 +187,16 @@ def check_data_and_models(config: DictConfig, copd: CoPDConfig) -> None:
         return tokenizers[path]
 
     routes = _routes(config, copd)
+    rows: dict[str, int] = {}
     for b in copd.branches:
         path, where = (b.init_path, f"branch {b.name}: init_path") if b.init_path else (
             str(model_cfg.path), "actor_rollout_ref.model.path"
         )  # fmt: skip
         tokenizer = tokenizer_for(path, where)
+        rows[b.name] = 0
         for file in (*b.train_files, *b.val_files):
-            sources = check_data_file(file, f"branch {b.name}", config.data, tokenizer)
+            sources, n_rows = check_data_file(file, f"branch {b.name}", config.data, tokenizer)
+            rows[b.name] += n_rows if file in b.train_files else 0
             for source in sorted(sources):
                 if routes is not None and not has_scorer(source, routes):
                     raise ValueError(
@@ -190,3 +204,26 @@ def check_data_and_models(config: DictConfig, copd: CoPDConfig) -> None:
                         f"data_source: {source} and reward_path: <a .py with compute_score>, or use a source "
                         f"verl scores by default"
                     )
+    _check_batch_sizes(config, copd, rows)
+
+
+def _check_batch_sizes(config: DictConfig, copd: CoPDConfig, rows: dict[str, int]) -> None:
+    """A branch's own prompts fill a ``data.train_batch_size`` batch, and a teacher's fill a cross batch."""
+    from recipe.copd.preflight import run_config_from
+
+    batch = int(config.data.train_batch_size)
+    cross = run_config_from(config).cross_batch_size or batch
+    teachers = {teacher for _, teacher in copd.pairs}
+    for b in copd.branches:
+        if not b.train_files:
+            continue
+        if not b.frozen and rows[b.name] < batch:
+            raise ValueError(
+                f"branch {b.name}: its train_files hold {rows[b.name]} prompts, fewer than one batch "
+                f"(data.train_batch_size={batch}); lower data.train_batch_size or add data"
+            )
+        if b.name in teachers and rows[b.name] < cross:
+            raise ValueError(
+                f"branch {b.name}: its train_files hold {rows[b.name]} prompts, fewer than one cross batch of its "
+                f"students ({cross}: copd.run.cross_batch_size or data.train_batch_size); lower it or add data"
+            )

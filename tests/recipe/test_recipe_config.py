@@ -52,7 +52,8 @@ def _branches(inputs, add_train=None, reward=True) -> str:
 
 
 def _user_run(inputs, **kw) -> list[str]:
-    return ["copd.run.toy.enable=false", f"actor_rollout_ref.model.path={inputs['model']}", _branches(inputs, **kw)]
+    model = f"actor_rollout_ref.model.path={inputs['model']}"
+    return ["copd.run.toy.enable=false", model, _branches(inputs, **kw), "data.train_batch_size=4"]
 
 
 def _tagged_processes(tag: str) -> list[int]:
@@ -72,7 +73,7 @@ def _main(*args: str) -> subprocess.CompletedProcess:
     tag = f"COPD_TEST_RUN={uuid.uuid4().hex}"
     env = dict(os.environ, OMP_NUM_THREADS="1", COPD_TEST_RUN=tag.split("=")[1])
     cmd = [sys.executable, "-m", "recipe.copd.main", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     proc.leftover = _tagged_processes(tag)
     return proc
 
@@ -121,7 +122,9 @@ FILE_CASES = [
     ("csv", "must end in .parquet, .json or .jsonl"),
     ("no_prompt", "lacks column(s) ['prompt']"),
     ("empty", "has no rows"),
-    ("too_long", "fits data.max_prompt_length=3"),
+    ("too_long", "exceeds data.max_prompt_length=3, and data.truncation=error stops the run"),
+    ("too_long_filtered", "no prompt among the first 8 rows"),
+    ("small_batch", "fewer than one batch (data.train_batch_size=64)"),
     ("unscored", "no scorer for data_source='nobody/knows'"),
     ("no_reward_route", "no scorer for data_source='copd_toy/add'"),
     ("no_config", "has no config.json"),
@@ -146,6 +149,10 @@ def test_bad_files_are_one_line(case, needle, inputs, tmp_path):
         args = _user_run(inputs)
     if case == "too_long":
         extra = ["data.max_prompt_length=3"]
+    if case == "too_long_filtered":
+        extra = ["data.max_prompt_length=3", "data.filter_overlong_prompts=true"]
+    if case == "small_batch":
+        extra = ["data.train_batch_size=64"]
     if case == "locked":  # a live owner on this host: this test's own process
         out.mkdir()
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": "earlier"}
