@@ -86,7 +86,9 @@ def compose_error_line(err: BaseException) -> str:
     parent = getattr(cause, "parent_node", None)
     if "Could not override" in str(err) and full_key and parent is not None and hasattr(parent, "keys"):
         return unknown_key_line(str(full_key), list(parent.keys()))
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    override = getattr(err, "override", None)  # hydra's OverrideParseException
+    return f"cannot parse the override {override}: {text}" if override else text
 
 
 def cli() -> None:

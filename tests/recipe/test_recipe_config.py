@@ -105,7 +105,7 @@ CONFIG_CASES = [
     (["copd.run.validate_merge=false"], "did you mean copd.run.validate_merged?"),
     (["+copd.run.toy.n_trian=3"], "did you mean copd.run.toy.n_train?"),
     (["trainer.save_frq=1"], "unknown config key trainer.save_frq; did you mean trainer.save_freq?"),
-    (["data.train_batch_size=[1"], "data.train_batch_size=[1"),  # an override hydra cannot parse
+    (["data.train_batch_size=[1"], "cannot parse the override data.train_batch_size=[1"),  # hydra cannot parse it
 ]
 
 
@@ -128,7 +128,7 @@ FILE_CASES = [
     ("unscored", "no scorer for data_source='nobody/knows'"),
     ("no_reward_route", "no scorer for data_source='copd_toy/add'"),
     ("no_config", "has no config.json"),
-    ("no_tokenizer", "the tokenizer does not load"),
+    ("no_tokenizer", "has no tokenizer (tokenizer.json"),
     ("locked", "is in use by a running copd run"),
 ]
 
