@@ -17,6 +17,8 @@ pick up half written (resume only follows the tracker).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -33,17 +35,57 @@ TRACKER = "latest_checkpointed_iteration.txt"
 
 def _atomic_write_text(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps: a Ray task error from a worker) is a full disk (ENOSPC)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+            return True
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return False
 
 
 def save(trainer) -> str:
-    """Save every branch, the schedule, the data positions and the RNG for ``trainer.global_steps``."""
+    """Save every branch, the schedule, the data positions and the RNG for ``trainer.global_steps``.
+
+    A failure while saving (a full disk, a dead worker) removes the partial folder and leaves the tracker on the
+    previous checkpoint; a full disk is raised as one line that says so.
+    """
     root = os.path.abspath(trainer.config.trainer.default_local_dir)
     final = os.path.join(root, f"global_step_{trainer.global_steps}")
+    try:
+        _save_into(trainer, root, final)
+    except BaseException as err:
+        shutil.rmtree(final + ".tmp", ignore_errors=True)
+        if not disk_full(err):
+            raise
+        from recipe.copd.runner import RunFailed
+
+        previous = find_latest_ckpt_path(root)
+        keep = f"{os.path.basename(previous)} stays the one resume picks" if previous else "there is no earlier one"
+        raise RunFailed(
+            f"checkpoint {os.path.basename(final)} not saved: no space left on device under {root} (the partial "
+            f"folder was removed; {keep}); free space, then resume with trainer.resume_mode=auto"
+        ) from None
+    _prune(root, trainer.config.trainer.get("max_actor_ckpt_to_keep"))
+    logger.info("saved CoPD checkpoint %s", final)
+    return final
+
+
+def _save_into(trainer, root: str, final: str) -> None:
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -67,10 +109,11 @@ def save(trainer) -> str:
     torch.save(rng, os.path.join(tmp, "rng.pt"))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _atomic_write_text(os.path.join(root, TRACKER), str(trainer.global_steps))
-    _prune(root, trainer.config.trainer.get("max_actor_ckpt_to_keep"))
-    logger.info("saved CoPD checkpoint %s", final)
-    return final
+    try:
+        _atomic_write_text(os.path.join(root, TRACKER), str(trainer.global_steps))
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)  # complete, but the tracker does not name it: not kept
+        raise
 
 
 def _prune(root: str, keep) -> None:

@@ -1,6 +1,6 @@
 """Everything that can reject a run's input, done before Ray or any model starts: the ``copd:`` and ``copd.run``
-knobs, the files the branches name, the rollout backend, the model path. Each failure is one actionable
-``ValueError`` line (``recipe.copd.main`` prints it and exits 2)."""
+knobs, the files the branches name (opened and read by ``checks``), the rollout backend, the model. Each failure is
+one actionable ``ValueError`` line (``recipe.copd.main`` prints it and exits 2)."""
 
 from __future__ import annotations
 
@@ -67,9 +67,11 @@ def check_inputs(config: DictConfig, copd: CoPDConfig) -> None:
 def prepare(config: DictConfig) -> Prepared:
     """Validate, build the toy if it is the run (cached), and fill in what the run needs; ``config`` is updated."""
     from recipe.copd.agent_loop import register_agent_loop
+    from recipe.copd.checks import check_copd_keys, check_data_and_models
     from recipe.copd.platform_setup import apply_platform
     from recipe.copd.reward import route_rewards
 
+    check_copd_keys(OmegaConf.to_container(config.copd, resolve=True))
     run = run_config_from(config)
     copd_config_from(config)  # validate the knobs before building anything
     toy_files = None
@@ -79,6 +81,7 @@ def prepare(config: DictConfig) -> Prepared:
         toy_files = prepare_toy(config, run.toy)
     copd = copd_config_from(config)
     check_inputs(config, copd)
+    check_data_and_models(config, copd)  # opens every data file and model folder
     apply_platform(config)  # verl_patches before any verl worker module is imported
     register_agent_loop(config)
     route_rewards(config, copd)

@@ -44,15 +44,37 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, rout
     return default_compute_score(data_source, solution_str, ground_truth, extra_info)
 
 
-def route_rewards(config, copd) -> None:
-    """Point verl's reward loop at this router when any branch names its own reward file (``reward_path``)."""
-    from omegaconf import open_dict
+#: the data sources verl 0.9.1's ``default_compute_score`` scores (it raises NotImplementedError for any other);
+#: ``aime*`` is matched by prefix, as verl does
+VERL_SOURCES = frozenset(
+    """openai/gsm8k lighteval/MATH DigitalLearningGmbH/MATH-lighteval HuggingFaceH4/MATH-500 math_dapo math
+    math_dapo_reasoning numina_aops_forum numina_synthetic_math numina_amc_aime numina_synthetic_amc numina_cn_k12
+    numina_olympiads codecontests apps codeforces taco hiyouga/geometry3k searchR1_nq searchR1_triviaqa searchR1_popqa
+    searchR1_hotpotqa searchR1_2wikimultihopqa searchR1_musique searchR1_bamboogle""".split()
+)
 
-    routes = {
+
+def has_scorer(data_source: str, routes: dict | None = None) -> bool:
+    """Whether ``compute_score`` can score rows of ``data_source``: a route, or a source verl scores by default."""
+    if data_source in (routes or {}):
+        return True
+    return data_source in VERL_SOURCES or str(data_source).startswith("aime")
+
+
+def route_table(copd) -> dict:
+    """``{data_source: {"path", "name"}}`` of the branches that name their own reward file."""
+    return {
         b.data_source: {"path": os.path.abspath(b.reward_path), "name": b.reward_name}
         for b in copd.branches
         if b.reward_path and b.data_source
     }
+
+
+def route_rewards(config, copd) -> None:
+    """Point verl's reward loop at this router when any branch names its own reward file (``reward_path``)."""
+    from omegaconf import open_dict
+
+    routes = route_table(copd)
     if not routes:
         return
     with open_dict(config):

@@ -5,7 +5,7 @@ this module started it)."""
 from __future__ import annotations
 
 import os
-import sys
+import re
 
 import ray
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +27,74 @@ def worker_env() -> dict[str, str]:
     env["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_WARNINGS]))
     env.setdefault("TQDM_DISABLE", os.environ.get("TQDM_DISABLE", "1"))  # verl's fit() bar: the progress line says it
     return env
+
+
+class RunFailed(RuntimeError):
+    """A run that stopped on a fault it can name in one line (a dead worker: its branch and role)."""
+
+
+def actor_roles(trainer) -> dict[str, list[str]]:
+    """Ray actor id (hex) -> what it is to the run ("branch mul: rollout server"), for every actor the trainer holds."""
+    roles: dict[str, list[str]] = {}
+
+    def add(handle, what: str) -> None:
+        actor_id = getattr(handle, "_actor_id", None)
+        if actor_id is not None:
+            roles.setdefault(actor_id.hex(), []).append(what)
+
+    for name, b in (getattr(trainer, "branches", None) or {}).items():
+        for w in getattr(getattr(b, "actor_rollout_wg", None), "workers", None) or []:
+            add(w, f"branch {name}: actor worker")
+        manager = getattr(b, "llm_server_manager", None)
+        for replica in manager.get_replicas() if manager is not None else []:
+            for server in getattr(replica, "servers", None) or []:
+                add(server, f"branch {name}: rollout server")
+        for w in getattr(getattr(b, "agent_loop_manager", None), "agent_loop_workers", None) or []:
+            add(w, f"branch {name}: agent loop worker")
+    for w in getattr(getattr(trainer, "reward_loop_manager", None), "reward_loop_worker_handles", None) or []:
+        add(w, "reward loop worker (all branches)")
+    return roles
+
+
+def _chain(err: BaseException | None):
+    """``err`` and the exceptions behind it (a Ray task error's ``cause``, then ``__cause__`` / ``__context__``)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        inner = getattr(err, "cause", None) if isinstance(err, ray.exceptions.RayTaskError) else None
+        err = inner or err.__cause__ or err.__context__
+
+
+def dead_actor(err: BaseException) -> ray.exceptions.RayActorError | None:
+    """The first ``RayActorError`` in ``err``'s chain."""
+    return next((e for e in _chain(err) if isinstance(e, ray.exceptions.RayActorError)), None)
+
+
+def root_cause_line(err: BaseException) -> str:
+    """``Type: first line`` of the innermost exception that is not a Ray wrapper."""
+    inner = [e for e in _chain(err) if not isinstance(e, ray.exceptions.RayTaskError)] or [err]
+    text = str(inner[0]).strip().splitlines()
+    return f"{type(inner[0]).__name__}: {text[0] if text else ''}"
+
+
+def dead_actor_line(err: BaseException, roles: dict[str, list[str]]) -> str | None:
+    """One line naming the dead worker's branch and role, or None when ``err`` is no actor death."""
+    dead = dead_actor(err)
+    if dead is None:
+        return None
+    actor_id = getattr(dead, "actor_id", None)
+    msg = str(getattr(dead, "error_msg", "") or dead)
+    cls = re.search(r"class_name: (\S+)", msg)
+    what = " and ".join(sorted(set(roles.get(actor_id or "", []))))
+    what = what or f"a Ray actor of the run ({cls.group(1) + ', ' if cls else ''}id {actor_id})"
+    if getattr(dead, "_actor_init_failed", False):
+        last = [line.strip() for line in msg.splitlines() if line.strip()]
+        return f"{what} failed to start: {last[-1] if last else 'no reason given'}"
+    return (
+        f"{what} died (its process was killed, or ran out of memory); the run stopped: resume it with "
+        "trainer.resume_mode=auto from the last complete checkpoint"
+    )
 
 
 @ray.remote(num_cpus=1)
@@ -51,6 +119,11 @@ class CoPDTaskRunner:
             result = trainer.fit(build_agent_loops(trainer))
             ok = True
             return result
+        except Exception as err:
+            line = dead_actor_line(err, actor_roles(trainer))
+            if line is not None:
+                raise RunFailed(line) from None
+            raise
         finally:
             tracking = getattr(trainer, "logger", None)
             if tracking is not None:
@@ -95,19 +168,17 @@ def run_copd(config: DictConfig, copd: CoPDConfig, run: RunConfig) -> dict:
             for line in follower.new_lines():
                 print(line, flush=True)
         return ray.get(result)
-    except Exception:
-        if echo:
-            print(f"copd: the run failed; every Ray worker's output is in {_worker_logs()} "
-                  "(copd.run.worker_logs=true streams it to the console)", file=sys.stderr, flush=True)  # fmt: skip
-        raise
+    except ray.exceptions.RayTaskError as err:  # the runner raised: give its own exception, not Ray's wrapper
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, RunFailed):
+            raise RunFailed(str(cause)) from None
+        line = dead_actor_line(err, {}) or f"the run failed: {root_cause_line(err)}"
+        raise RunFailed(line) from err
+    except ray.exceptions.RayActorError as err:  # the runner itself died
+        raise RunFailed(f"the run's driver actor died: {str(err).strip().splitlines()[0]}") from None
     finally:
         for line in follower.new_lines() if echo else []:
             print(line, flush=True)
         ray.kill(runner)  # its worker groups, servers and reward workers go with it
         if started:
             ray.shutdown()
-
-
-def _worker_logs() -> str:
-    """The folder of the current Ray session's worker logs."""
-    return os.path.join(ray.get_runtime_context().get_temp_dir(), "session_latest", "logs")

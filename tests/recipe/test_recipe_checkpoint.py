@@ -93,3 +93,35 @@ def test_resume_rejects_other_branches(tmp_path):
     r.branches["c"] = r.branches.pop("b")
     with pytest.raises(ValueError, match="branches"):
         ckpt.load(r)
+
+
+@pytest.mark.parametrize("where", ["worker", "driver", "tracker"])
+def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch, where):
+    """ENOSPC at the worker's write, the driver's torch.save or the tracker: the previous checkpoint stays the one
+    resume picks, nothing partial is left, and the error says the disk is full."""
+    import errno
+
+    from recipe.copd.runner import RunFailed
+
+    t = _trainer(tmp_path)
+    t.global_steps = 2
+    ckpt.save(t)
+    t.global_steps = 3
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def fail(*args, **kwargs):
+        raise full
+
+    if where == "worker":
+        monkeypatch.setattr(t.branches["b"].actor_rollout_wg, "save_checkpoint", fail)
+    elif where == "driver":
+        monkeypatch.setattr(ckpt.torch, "save", fail)
+    else:
+        monkeypatch.setattr(ckpt.os, "fsync", fail)
+    with pytest.raises(RunFailed, match="no space left on device.*global_step_2 stays the one resume picks"):
+        ckpt.save(t)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step_2", "latest_checkpointed_iteration.txt"]
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "2"
+    r = _trainer(tmp_path, resume_mode="auto")
+    ckpt.load(r)
+    assert r.global_steps == 2
