@@ -55,8 +55,10 @@ VERL_SOURCES = frozenset(
 
 
 def has_scorer(data_source: str, routes: dict | None = None) -> bool:
-    """Whether ``compute_score`` can score rows of ``data_source``: a route, or a source verl scores by default."""
-    if data_source in (routes or {}):
+    """Whether ``compute_score`` can score rows of ``data_source``: a route, a built-in scorer (``scorers``), or a
+    source verl scores by default. (Rows that name their own ``extra_info.answer_type`` are scored whatever their
+    source; this check, which sees only sources, does not count them.)"""
+    if data_source in (routes or {}) or data_source in scorers.DEFAULT_KIND:
         return True
     return data_source in VERL_SOURCES or str(data_source).startswith("aime")
 

@@ -94,6 +94,17 @@ TRAINER_ATTRIBUTES = [
 ]  # fmt: skip
 
 
+def test_handles_that_name_a_dead_actor_exist():
+    """recipe/copd/runner.py::actor_roles reads these to name a dead actor's branch and role."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopManager
+    from verl.workers.rollout.replica import RolloutReplica
+
+    assert isinstance(RayWorkerGroup.workers, property)
+    assert "self.servers" in inspect.getsource(RolloutReplica)
+    assert "agent_loop_workers" in inspect.getsource(AgentLoopManager) + inspect.getsource(AgentLoopManagerTQ)
+    assert "reward_loop_worker_handles" in inspect.getsource(RewardLoopManager)
+
+
 @pytest.mark.parametrize("attr", TRAINER_ATTRIBUTES)
 def test_trainer_attributes_the_recipe_sets_are_the_ones_verl_reads(attr):
     from verl.trainer.ppo.v1 import trainer_base
