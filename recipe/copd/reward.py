@@ -42,3 +42,20 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, rout
     from verl.utils.reward_score import default_compute_score
 
     return default_compute_score(data_source, solution_str, ground_truth, extra_info)
+
+
+def route_rewards(config, copd) -> None:
+    """Point verl's reward loop at this router when any branch names its own reward file (``reward_path``)."""
+    from omegaconf import open_dict
+
+    routes = {
+        b.data_source: {"path": os.path.abspath(b.reward_path), "name": b.reward_name}
+        for b in copd.branches
+        if b.reward_path and b.data_source
+    }
+    if not routes:
+        return
+    with open_dict(config):
+        config.reward.custom_reward_function.path = os.path.abspath(__file__)
+        config.reward.custom_reward_function.name = "compute_score"
+        config.reward.custom_reward_function.reward_kwargs = {"routes": routes}

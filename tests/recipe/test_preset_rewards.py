@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from verl.utils.import_utils import load_extern_object
 
-from recipe.copd.main import copd_config_from
+from recipe.copd.preflight import copd_config_from
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted(
