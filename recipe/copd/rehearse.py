@@ -233,18 +233,23 @@ def main(argv=None) -> int:
     root = Path(args.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     prepare_root(root)
+    # rows of presets rehearsed earlier into the same folder and not rerun now stay in the report
+    earlier = json.loads((root / "report.json").read_text()) if (root / "report.json").exists() else []
+    done = {r["preset"]: r for r in earlier if r["preset"] in known and r["preset"] not in names}
     rows = []
     for name in names:
         print(f"rehearse: {name} ...", flush=True)
         rows.append(run_preset(name, root, args.workers, args.timeout))
         r = rows[-1]
         print(f"rehearse: {name}: {r['status']} ({r.get('wall_s', 0)} s) {r.get('note', '')}", flush=True)
-        report = format_report(rows)
-        tmp = root / "report.md.tmp"
-        tmp.write_text(report)
-        os.replace(tmp, root / "report.md")
-    (root / "report.json").write_text(json.dumps(rows, indent=1))
-    print(report, end="")
+        done[name] = r
+        everything = [done[n] for n in known if n in done]
+        texts = {"report.md": format_report(everything), "report.json": json.dumps(everything, indent=1)}
+        for fname, text in texts.items():
+            tmp = root / f"{fname}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, root / fname)
+    print(format_report([done[n] for n in known if n in done]), end="")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
