@@ -169,7 +169,8 @@ def last_error(log: Path) -> str:
 
 
 def summarize(out: Path, cfg) -> dict:
-    """Steps, last native reward per data source, overlap range and cross share range from ``metrics.jsonl``."""
+    """Steps, last native reward per data source, overlap range and the cross share range over the PPO mini-batches
+    of the Phase II (OPD) steps, from ``metrics.jsonl``."""
     path = out / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     steps = [r for r in rows if "training/global_step" in r]
@@ -181,9 +182,9 @@ def summarize(out: Path, cfg) -> dict:
                 rewards[source.get(key.split("/")[0].removeprefix("branch_"), "?")] = value
             elif key.startswith("copd/overlap/"):
                 overlaps.append(value)
-            elif key.endswith("/copd/cross_fraction_mb_min"):
+            elif key.endswith("/copd/cross_fraction_mb_min") and r.get("copd/phase") == "opd":
                 cross_min.append(value)
-            elif key.endswith("/copd/cross_fraction_mb_max"):
+            elif key.endswith("/copd/cross_fraction_mb_max") and r.get("copd/phase") == "opd":
                 cross_max.append(value)
     return {
         "steps": len(steps),
@@ -194,7 +195,7 @@ def summarize(out: Path, cfg) -> dict:
 
 
 def format_report(rows: list[dict]) -> str:
-    head = "| preset | status | wall s | steps | final native reward per data source | overlap | cross share per mb |"
+    head = "| preset | status | wall s | steps | final native reward per source | overlap | cross share per mb (OPD) |"
     lines = [head, "|---|---|---|---|---|---|---|"]
     for r in rows:
         rewards = ", ".join(f"{k} {v}" for k, v in sorted((r.get("rewards") or {}).items())) or "-"
