@@ -224,6 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="outputs/rehearsal", help="output folder (default: outputs/rehearsal)")
     p.add_argument("--workers", type=int, default=1, help="CPU trainer ranks per branch (default 1)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per preset before it counts as failed")
+    p.add_argument("--report-only", action="store_true", help="rebuild DIR/report.md from DIR's outputs; run nothing")
     args = p.parse_args(argv)
     known = presets()
     unknown = [n for n in args.presets if n not in known]
@@ -232,6 +233,13 @@ def main(argv=None) -> int:
         return 2
     names = [n for n in known if n in args.presets] if args.presets else known
     root = Path(args.out).resolve()
+    if args.report_only:
+        rows = json.loads((root / "report.json").read_text()) if (root / "report.json").exists() else []
+        rows = [{**r, **summarize(root / r["preset"], compose_preset(r["preset"]))} for r in rows]
+        (root / "report.json").write_text(json.dumps(rows, indent=1))
+        (root / "report.md").write_text(format_report(rows))
+        print(format_report(rows), end="")
+        return 0 if rows and all(r["status"] == "ok" for r in rows) else 1
     root.mkdir(parents=True, exist_ok=True)
     prepare_root(root)
     # rows of presets rehearsed earlier into the same folder and not rerun now stay in the report
