@@ -1,6 +1,8 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv and run the embedded default (python -m recipe.copd.main)
 #   make test   set up .venv and run the test suite (what CI runs)
+#   make rehearse  every preset of configs/ shrunk (tiny Qwen3-VL, fixtures) through the real trainer on CPU;
+#                  report in outputs/rehearsal/report.md (python -m recipe.copd.rehearse --help)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU torch goes in first so that nothing pulls a CUDA build on a machine without a GPU.
@@ -10,7 +12,7 @@ PIP_TORCH_ARGS ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := dev
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test rehearse lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +28,9 @@ demo: setup
 
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+rehearse: setup
+	OMP_NUM_THREADS=1 $(PY) -m recipe.copd.rehearse --out outputs/rehearsal
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -19,6 +19,8 @@ import os
 import sys
 import time
 
+from verl_patches.vision_cpu import provide_qwen_vl_utils_without_torchvision
+
 #: The verl release these patches were written against and tested with.
 VERL_VERSION = "0.9.1"
 #: Attribute set on every wrapper, so a second application can see the first.
@@ -326,4 +328,5 @@ ALL_PATCHES = (
     patch_resource_pools,
     patch_replay_buffer_poll,
     register_hf_rollout,
+    provide_qwen_vl_utils_without_torchvision,  # verl_patches/vision_cpu.py
 )

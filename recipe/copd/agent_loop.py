@@ -8,6 +8,13 @@ sample's randomness no longer depends on when it reached the server, so a resume
 an uninterrupted one. Servers that honour a per-request seed (vLLM, verl_patches' ``hf``) then sample
 reproducibly. Without ``full_determinism`` it is verl's loop unchanged.
 
+For a vision-language model it also ends a response at its first media placeholder token (``<|image_pad|>``,
+``<|video_pad|>``, ``<|vision_start|>`` ...): verl's M-RoPE position ids count every placeholder in prompt +
+response as media and fail on one that has no image or video behind it (``get_rope_index``: "'NoneType' object
+is not an iterator"), which drops the sample and pads the batch. A sampled policy can emit one (the rehearsal's
+random tiny model does). The placeholder is replaced by EOS and the rest dropped; the trainer recomputes the
+log-probs of the sequence it trains on, so only that one token was not sampled by the policy.
+
 Registered as ``copd_single_turn`` through ``recipe/copd/config/agent_loops.yaml`` (verl's
 ``rollout.agent.agent_loop_config_path``; the recipe fills it in when unset).
 """
@@ -23,6 +30,19 @@ from verl.experimental.agent_loop.agent_loop import register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
 NAME = "copd_single_turn"
+#: Tokens verl's M-RoPE reads as media placeholders (Qwen2/2.5/3-VL names); a response ends before the first.
+MEDIA_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def media_token_ids(tokenizer) -> set[int]:
+    """The ids of ``MEDIA_TOKENS`` the tokenizer has (none for a text-only tokenizer)."""
+    vocab = tokenizer.get_vocab()
+    return {vocab[t] for t in MEDIA_TOKENS if t in vocab}
+
+
+def media_cut(response_ids: list[int], media_ids: set[int]) -> int | None:
+    """Index of the first media placeholder in a response, or None."""
+    return next((i for i, t in enumerate(response_ids) if t in media_ids), None)
 
 
 def sample_seed(base: int, uid: str, session: int) -> int:
@@ -39,7 +59,17 @@ class CoPDSingleTurnAgentLoop(SingleTurnAgentLoop):
             base = int(getattr(self.rollout_config, "seed", 0) or 0)
             seed = sample_seed(base, str(kwargs["uid"]), int(kwargs.get("session_id", 0)))
             sampling_params = {**sampling_params, "seed": seed}
-        return await super().run(sampling_params, **kwargs)
+        output = await super().run(sampling_params, **kwargs)
+        if self.processor is not None:
+            if not hasattr(self, "_media_ids"):
+                self._media_ids = media_token_ids(self.tokenizer)
+            cut = media_cut(output.response_ids, self._media_ids)
+            if cut is not None:  # end the response there: the placeholder becomes EOS (never an empty response)
+                output.response_ids = [*output.response_ids[:cut], self.tokenizer.eos_token_id]
+                output.response_mask = output.response_mask[: cut + 1]
+                if output.response_logprobs is not None:
+                    output.response_logprobs = output.response_logprobs[: cut + 1]
+        return output
 
 
 AGENT_LOOPS_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "agent_loops.yaml")

@@ -21,6 +21,7 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.dataset.rl_dataset import collate_fn
 
 from copd.config import BranchConfig
+from recipe.copd.minibatch import cross_fractions
 
 
 def branch_config(base: DictConfig, spec: BranchConfig, model_path: str) -> DictConfig:
@@ -70,15 +71,38 @@ class BranchTrainer(PPOTrainerSync):
     def attach_rollout(self, llm_server_manager, checkpoint_manager) -> None:
         self.llm_server_manager, self.checkpoint_manager = llm_server_manager, checkpoint_manager
 
-    def update(self, batch, n_prompts: int, metrics: dict):
+    def dp_size(self) -> int:
+        """The actor's data-parallel size, as verl's ``_balance_batch`` reads it."""
+        wg = self.actor_rollout_wg
+        if "actor" not in wg._dispatch_info:
+            wg._dispatch_info["actor"] = wg._query_dispatch_info("actor")
+        return max(wg._dispatch_info["actor"]) + 1
+
+    def update(self, batch, n_prompts: int, metrics: dict, cross_B=None):
         """verl's actor update of the combined native + cross rows, with the PPO mini-batch scaled by
         ``n_prompts / data.train_batch_size``, so the combined update takes as many optimizer steps as a Phase I
-        update (Algorithm 1, line 16: "combine batches; update")."""
+        update (Algorithm 1, line 16: "combine batches; update").
+
+        With ``cross_B`` (bool per row, in ``batch`` order) it logs ``copd/cross_fraction_mb_min`` / ``_max``: the
+        smallest and largest share of cross rows over the update's mini-batches, split as verl splits them.
+        """
         cfg = self.config.actor_rollout_ref.actor
         original = cfg.ppo_mini_batch_size
         scale = n_prompts / self.config.data.train_batch_size
+        mini_batch = max(1, round(original * scale))
+        if cross_B is not None:
+            rows = mini_batch * self.config.actor_rollout_ref.rollout.n
+            seed = cfg.get("data_loader_seed", 42) if cfg.get("shuffle", False) else None
+            fractions = cross_fractions(list(cross_B), self.dp_size(), rows, seed)
+            metrics.update(
+                {
+                    "copd/cross_fraction_mb_min": min(fractions),
+                    "copd/cross_fraction_mb_max": max(fractions),
+                    "copd/n_minibatches": len(fractions),
+                }
+            )
         with open_dict(cfg):
-            cfg.ppo_mini_batch_size = max(1, round(original * scale))
+            cfg.ppo_mini_batch_size = mini_batch
         try:
             return self._update_actor(batch, metrics)
         finally:

@@ -39,6 +39,7 @@ from recipe.copd.batches import branch_timer, key_order, masked_mean, sampled_sy
 from recipe.copd.branch import BranchTrainer, PromptStream, branch_config
 from recipe.copd.finish import export_branches, merge_branches
 from recipe.copd.metrics import MetricsSink, ProgressLog, progress_line
+from recipe.copd.minibatch import interleaved_order
 from recipe.copd.rollout import BranchRollout
 from recipe.copd.run_config import RunConfig
 from recipe.copd.setup import build_branch_components
@@ -143,7 +144,8 @@ class CoPDTrainer(PPOTrainerSync):
                 self._advantages(b, rollouts[b.name], metrics)
             with timed("update_actor", b):
                 m = {}
-                b.update(rollouts[b.name].batch, rollouts[b.name].n_prompts, metrics=m)
+                r = rollouts[b.name]
+                b.update(r.batch, r.n_prompts, metrics=m, cross_B=r.cross_B.tolist())
                 metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
         self._last_batches = {name: r.batch for name, r in rollouts.items()}
         mean_overlap = float(np.mean(list(overlaps.values()))) if overlaps else None
@@ -182,6 +184,9 @@ class CoPDTrainer(PPOTrainerSync):
         b.checkpoint_manager.sleep_replicas()  # free the rollout's memory for the next branch / training
         batch.extra_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
         batch = b._balance_batch(batch, metrics={})
+        # native and cross rows mixed inside every PPO mini-batch (verl splits the rows in order)
+        teacher_B = BranchRollout.from_batch(batch, teacher_of_uid, n_prompts).teacher_B
+        batch.reorder(interleaved_order(teacher_B, b.dp_size()))
         return BranchRollout.from_batch(batch, teacher_of_uid, n_prompts)
 
     def _with_stable_uids(self, batch, branch: str, part: str):

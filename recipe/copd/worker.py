@@ -48,6 +48,25 @@ def _per_token(data: TensorDict, key: str, n_tokens: int) -> torch.Tensor:
     return values
 
 
+def model_files_dir(path: str) -> str:
+    """The local folder holding a model's files: ``path`` itself, or a hub id's snapshot in the local HF cache.
+
+    verl loads ``actor_rollout_ref.model.path`` with ``from_pretrained``, which takes either; the export copies the
+    config, tokenizer and processor files, so it needs the folder.
+    """
+    if os.path.isdir(path):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, local_files_only=True)
+    except Exception as err:
+        raise FileNotFoundError(
+            f"model {path!r} is neither a folder nor in the local Hugging Face cache ({type(err).__name__}); "
+            "download it first (huggingface-cli download) or set actor_rollout_ref.model.path to its folder"
+        ) from err
+
+
 class BehaviourProbe:
     """Loss-function stand-in used only on forward-only passes: a logits processor, and a zero loss."""
 
@@ -144,7 +163,7 @@ class CoPDActorRolloutRefWorker(ActorRolloutRefWorker):
                 state[name] = tensor.detach().to("cpu").contiguous().clone()
         if self.rank != 0:
             return None
-        src = self.config.model.get("local_path") or self.config.model.path
+        src = model_files_dir(str(self.config.model.path))
         tmp = f"{out_dir}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
