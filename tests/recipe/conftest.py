@@ -51,3 +51,33 @@ def toy_workdir(toy_cache):
         return dest
 
     return make
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PRESET_ENV = ("COPD_DATA", "COPD_TEXT_EXPERT", "COPD_IMAGE_EXPERT", "COPD_VIDEO_EXPERT")
+
+
+def pytest_generate_tests(metafunc):
+    """A test with a ``preset_name`` argument runs once per preset in configs/ (``common/`` holds no preset)."""
+    if "preset_name" in metafunc.fixturenames:
+        names = sorted(
+            str(p.relative_to(CONFIGS).with_suffix("")) for p in CONFIGS.rglob("*.yaml") if "common" not in p.parts
+        )
+        metafunc.parametrize("preset_name", names)
+
+
+@pytest.fixture
+def compose_preset(monkeypatch, tmp_path):
+    """A function composing a preset of configs/ with hydra, its environment variables pointed at ``tmp_path``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    for var in PRESET_ENV:
+        monkeypatch.setenv(var, str(tmp_path))
+
+    def compose_(name: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            return compose(config_name=name)
+
+    return compose_

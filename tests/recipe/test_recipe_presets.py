@@ -2,27 +2,16 @@
 
 from pathlib import Path
 
-import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from recipe.copd.preflight import copd_config_from, run_config_from
 
 ROOT = Path(__file__).resolve().parents[2]
-PRESETS = sorted(
-    str(p.relative_to(ROOT / "configs").with_suffix(""))
-    for p in (ROOT / "configs").rglob("*.yaml")
-    if "common" not in p.parts
-)
 
 
-@pytest.mark.parametrize("name", PRESETS)
-def test_preset_composes_and_validates(name, monkeypatch, tmp_path):
-    for var in ("COPD_DATA", "COPD_TEXT_EXPERT", "COPD_IMAGE_EXPERT", "COPD_VIDEO_EXPERT"):
-        monkeypatch.setenv(var, str(tmp_path))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = compose(config_name=name)
+def test_preset_composes_and_validates(preset_name, compose_preset):
+    cfg = compose_preset(preset_name)
     copd = copd_config_from(cfg)
     run_config_from(cfg)  # copd.run: unknown keys would raise
     assert len(copd.branches) >= 1
