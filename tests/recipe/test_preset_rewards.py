@@ -1,10 +1,8 @@
 """Every preset points verl's reward at the router, and every data source of its branches gets a built-in score."""
 
-
 from verl.utils.import_utils import load_extern_object
 
 from recipe.copd.preflight import copd_config_from
-
 
 
 def test_preset_data_sources_are_scored(preset_name, compose_preset):
