@@ -29,7 +29,15 @@ def test_fixtures_through_verl_dataset(tmp_path, monkeypatch):
     model = build_tiny_qwen3vl(str(tmp_path / "model"))
     processor = AutoProcessor.from_pretrained(model, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    cfg = OmegaConf.create({"max_prompt_length": 256, "filter_overlong_prompts": True, "image_patch_size": 16})
+    # no datasets worker pool: forking one inside a pytest process that already runs threads can deadlock (it did in CI)
+    cfg = OmegaConf.create(
+        {
+            "max_prompt_length": 256,
+            "filter_overlong_prompts": True,
+            "filter_overlong_prompts_workers": None,
+            "image_patch_size": 16,
+        }
+    )
     image_ds = RLHFDataset([paths["image"]["train"]], tokenizer, cfg, processor)
     images, videos, _ = image_ds._process_multi_modal_info(image_ds[0]["raw_prompt"], 16, cfg)
     assert [im.size for im in images] == [(64, 64)] and videos is None

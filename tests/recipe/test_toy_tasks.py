@@ -100,7 +100,9 @@ def test_verl_rlhf_dataset_loads_and_tokenises_the_parquet(tmp_path):
     tokenizer = build_char_tokenizer()
     # filter_overlong_prompts makes the dataset tokenise every prompt with the chat template; 24 tokens is enough for
     # "<|im_start|>user\n37*6=<|im_end|>\n<|im_start|>assistant\n" (1+4+1+5+1+1+1+9+1 = 24 ids at most).
-    config = _verl_data_config(prompt_key="prompt", filter_overlong_prompts=True, max_prompt_length=24)
+    config = _verl_data_config(  # no datasets worker pool in the test process (a fork there can deadlock)
+        prompt_key="prompt", filter_overlong_prompts=True, filter_overlong_prompts_workers="null", max_prompt_length=24
+    )
     dataset = RLHFDataset(data_files=[str(path)], tokenizer=tokenizer, config=config)
     assert len(dataset) == 12
     item = dataset[5]
