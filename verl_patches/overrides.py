@@ -73,6 +73,9 @@ def cpu_settings(n_workers: int) -> dict[str, object]:
         "transfer_queue.backend.SimpleStorage.num_data_storage_units": 2,
         "reward.num_workers": 1,
         "data.dataloader_num_workers": 0,
+        # no `datasets` worker pool for the long-prompt filter: datasets forks one for any num_proc >= 1, and a fork
+        # in a process that already runs threads (a Ray actor, a test process) can deadlock; CPU data is small
+        "data.filter_overlong_prompts_workers": None,
         "actor_rollout_ref.model.use_fused_kernels": False,
         "actor_rollout_ref.model.override_config.attn_implementation": "sdpa",
         "actor_rollout_ref.rollout.name": "hf",
@@ -96,7 +99,8 @@ def cpu_settings(n_workers: int) -> dict[str, object]:
 def cpu_overrides(n_workers: int) -> list[str]:
     """`cpu_settings` as hydra overrides (for `verl.trainer.main_ppo` or a compose of `ppo_trainer`); later
     overrides win, so a caller may append its own to change any of these."""
-    return [f"{'++' if k in _ADDED_KEYS else ''}{k}={v}" for k, v in cpu_settings(n_workers).items()]
+    settings = cpu_settings(n_workers)
+    return [f"{'++' if k in _ADDED_KEYS else ''}{k}={'null' if v is None else v}" for k, v in settings.items()]
 
 
 def _merged_modules(existing: str) -> str:

@@ -198,5 +198,6 @@ def test_cpu_overrides_compose_with_verl_config():
     assert (actor.strategy, actor.fsdp_config.mixed_precision.param_dtype) == ("fsdp2", "fp32")
     assert cfg.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     assert cfg.ray_kwargs.ray_init.num_cpus >= 16 and cfg.reward.num_workers == 1
+    assert cfg.data.filter_overlong_prompts_workers is None  # null, not the string "None": no datasets fork pool
     with pytest.raises(ValueError, match="n_workers"):
         verl_patches.cpu_overrides(0)
