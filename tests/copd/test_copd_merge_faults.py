@@ -183,6 +183,21 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+def fill_disk(path: Path) -> None:
+    """Take every byte left on path's file system. Unbuffered: a buffered writer keeps the bytes that did not fit and
+    its close() raises ENOSPC again."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        while True:
+            try:
+                if os.write(fd, b"\0" * (1 << 16)) == 0:
+                    break
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+
+
 def test_disk_too_small_is_refused_before_writing(inputs, small_disk):
     out = small_disk / "out"  # the merge needs 4.2 MB of 6; fill 3 first
     (small_disk / "other.bin").write_bytes(b"\0" * (3 << 20))
@@ -199,13 +214,7 @@ def test_disk_filling_during_the_merge(inputs, small_disk):
     deadline = time.time() + 60
     while not (shard.exists() and shard.stat().st_size > 1 << 16) and time.time() < deadline:
         time.sleep(0.005)
-    with open(small_disk / "filler.bin", "wb") as f:  # take every byte left
-        while True:
-            try:
-                f.write(b"\0" * (1 << 16))
-                f.flush()
-            except OSError:
-                break
+    fill_disk(small_disk / "filler.bin")
     _, stderr = proc.communicate(timeout=120)
     (small_disk / "filler.bin").unlink()
     assert_clean_failure(subprocess.CompletedProcess([], proc.returncode, "", stderr), out, 1, "no space left")
