@@ -10,8 +10,9 @@ or video prompt fails with ``ModuleNotFoundError: torchvision``.
 ``qwen_vl_utils`` when the real one cannot import for want of torchvision. It implements the same three functions
 for the inputs verl's dataset produces: images (PIL, path, ``file://``, base64 ``data:image``) resized by
 qwen-vl-utils' ``smart_resize`` rule with PIL's bicubic filter, and videos given as lists of frames (the same
-inputs), returned as qwen-vl-utils returns them: a float (T, C, H, W) tensor and its metadata. Video files need a
-decoder (torchvision, decord or torchcodec): refused with one line. Constants are qwen-vl-utils 0.0.14's.
+inputs) or as video files, decoded with PyAV and sampled by qwen-vl-utils' ``smart_nframes`` rule (``fps``, default
+2, within ``min_frames``/``max_frames``, or ``nframes``), returned as qwen-vl-utils returns them: a float
+(T, C, H, W) tensor and its metadata. Constants are qwen-vl-utils 0.0.14's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ IMAGE_MAX_TOKEN_NUM = 16384
 VIDEO_MIN_TOKEN_NUM = 128
 VIDEO_MAX_TOKEN_NUM = 768
 FRAME_FACTOR = 2
+FPS = 2.0
+FPS_MIN_FRAMES = 4
+FPS_MAX_FRAMES = 768
 MODEL_SEQ_LEN = int(float(os.environ.get("MODEL_SEQ_LEN", 128000)))
 
 
@@ -85,24 +89,70 @@ def fetch_image(ele: dict, image_patch_size: int = 14):
     return image.resize((width, height), resample=3)  # PIL.Image.BICUBIC
 
 
+def smart_nframes(ele: dict, total_frames: int, video_fps: float) -> int:
+    """qwen-vl-utils' rule for how many frames to sample from a video file (``nframes``, or ``fps`` within
+    ``min_frames``/``max_frames``), a multiple of FRAME_FACTOR, at most the frames the file has."""
+    floor_by = lambda x: math.floor(x / FRAME_FACTOR) * FRAME_FACTOR  # noqa: E731
+    if "nframes" in ele:
+        nframes = round(ele["nframes"] / FRAME_FACTOR) * FRAME_FACTOR
+    else:
+        min_frames = math.ceil(ele.get("min_frames", FPS_MIN_FRAMES) / FRAME_FACTOR) * FRAME_FACTOR
+        max_frames = floor_by(ele.get("max_frames", min(FPS_MAX_FRAMES, total_frames)))
+        nframes = total_frames / video_fps * ele.get("fps", FPS)
+        nframes = floor_by(min(min(max(nframes, min_frames), max_frames), total_frames))
+    if not FRAME_FACTOR <= nframes <= total_frames:
+        raise ValueError(f"nframes should be in [{FRAME_FACTOR}, {total_frames}], got {nframes}")
+    return nframes
+
+
+def _decode_video_file(ele: dict):
+    """Frames of a video file (path or ``file://``) sampled as qwen-vl-utils samples them, decoded with PyAV (what
+    ``recipe.copd.data`` decodes with too): (PIL frames, metadata, sample fps)."""
+    path = str(ele["video"])
+    path = path[7:] if path.startswith("file://") else path
+    if path.startswith(("http://", "https://")):
+        raise ValueError(f"video URL {path[:60]!r}: fetching over the network is not supported here; use a file")
+    try:
+        import av
+    except ImportError:
+        raise ValueError(
+            f"video {path[:60]!r}: decoding a video file needs PyAV (pip install av), torchvision, decord or "
+            "torchcodec; or store the video as a list of frames"
+        ) from None
+    if not os.path.isfile(path):
+        raise ValueError(f"video {path[:60]!r}: no such file")
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        video_fps = float(stream.average_rate or stream.guessed_rate or FPS)
+        decoded = [frame.to_image() for frame in container.decode(stream)]
+    total = len(decoded)
+    if total < FRAME_FACTOR:
+        raise ValueError(f"video {path[:60]!r}: {total} frame(s), at least {FRAME_FACTOR} needed")
+    nframes = smart_nframes(ele, total, video_fps)
+    indices = [round(k * (total - 1) / (nframes - 1)) for k in range(nframes)]  # torch.linspace(...).round()
+    metadata = dict(fps=video_fps, frames_indices=indices, total_num_frames=total)
+    return [decoded[i].convert("RGB") for i in indices], metadata, nframes / max(total, 1e-6) * video_fps
+
+
 def fetch_video(ele: dict, image_patch_size: int = 14, return_video_sample_fps=False, return_video_metadata=False):
-    """A video given as frames: (float (T, C, H, W) tensor, metadata) as qwen-vl-utils returns for frame lists."""
+    """A video (a list of frames, or a file decoded with PyAV): (float (T, C, H, W) tensor, metadata), as
+    qwen-vl-utils returns it."""
     import numpy as np
     import torch
 
-    if not isinstance(ele["video"], list | tuple):
-        raise ValueError(
-            f"video {str(ele['video'])[:60]!r}: decoding a video file needs torchvision, decord or torchcodec, "
-            "none usable here; store the video as a list of frames"
-        )
     factor = image_patch_size * SPATIAL_MERGE_SIZE
     info = {k: v for k, v in ele.items() if k not in ("type", "video")}
-    frames = [fetch_image({"image": frame, **info}, factor) for frame in ele["video"]]  # qwen-vl-utils passes factor
-    nframes = math.ceil(len(frames) / FRAME_FACTOR) * FRAME_FACTOR
-    frames += [frames[-1]] * (nframes - len(frames))
-    sample_fps = ele.get("sample_fps", 2.0)
-    raw_fps = info.pop("raw_fps", sample_fps)
-    metadata = dict(fps=raw_fps, frames_indices=list(range(nframes)), total_num_frames=(nframes / sample_fps) * raw_fps)
+    if isinstance(ele["video"], list | tuple):
+        frames = [fetch_image({"image": frame, **info}, factor) for frame in ele["video"]]  # as qwen-vl-utils does
+        nframes = math.ceil(len(frames) / FRAME_FACTOR) * FRAME_FACTOR
+        frames += [frames[-1]] * (nframes - len(frames))
+        sample_fps = ele.get("sample_fps", 2.0)
+        raw_fps = info.pop("raw_fps", sample_fps)
+        total = (nframes / sample_fps) * raw_fps
+        metadata = dict(fps=raw_fps, frames_indices=list(range(nframes)), total_num_frames=total)
+    else:
+        frames, metadata, sample_fps = _decode_video_file(ele)
+        nframes = len(frames)
     min_pixels = ele.get("min_pixels", VIDEO_MIN_TOKEN_NUM * factor * factor)
     total_pixels = ele.get("total_pixels", MODEL_SEQ_LEN * factor * factor * 0.9)
     max_pixels = max(

@@ -204,7 +204,8 @@ def check_data_and_models(config: DictConfig, copd: CoPDConfig) -> None:
                         f"data_source: {source} and reward_path: <a .py with compute_score>, or use a source "
                         f"verl scores by default"
                     )
-    _check_batch_sizes(config, copd, rows)
+    if not config.trainer.get("val_only", False):  # an evaluation never draws a training batch
+        _check_batch_sizes(config, copd, rows)
 
 
 def _check_batch_sizes(config: DictConfig, copd: CoPDConfig, rows: dict[str, int]) -> None:

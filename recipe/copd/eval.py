@@ -4,7 +4,8 @@ For each model, the recipe itself (``python -m recipe.copd.main``, a subprocess)
 validation files are the benchmarks' parquet files (``trainer.val_only``): generation is verl's rollout (vLLM on
 GPU, the ``hf`` rollout on CPU), scoring is ``recipe.copd.reward`` (the built-in scorers), and verl's validation
 metrics give one accuracy per data source (``val-core/<benchmark>/acc/mean@n``: the mean over the n samples of
-every prompt). The numbers go into ``DIR/report.json`` and ``DIR/report.md`` in Table 1's layout.
+every prompt). The numbers go into ``DIR/report.json`` and ``DIR/report.md`` in Table 1's layout. Files that verl
+cannot load as one dataset (MVBench's frame lists beside VideoMathQA's mp4 paths) are validated in separate runs.
 
 Sampling: greedy by default (n=1, temperature 0); ``--n 8 --temperature 1.0`` reports the mean accuracy of 8
 samples per prompt. Hydra overrides after ``--`` go to the recipe (e.g. a preset's lengths, GPUs, TP size).
@@ -79,6 +80,7 @@ def recipe_command(model: str, files: list[str], run_dir: str, args, overrides: 
         f"actor_rollout_ref.rollout.val_kwargs.temperature={args.temperature}",
         f"actor_rollout_ref.rollout.val_kwargs.top_p={args.top_p}",
         "trainer.val_only=true", "trainer.val_before_train=true", "trainer.resume_mode=disable",
+        "data.gen_batch_size=1",  # verl's train dataloader (never drawn from here) is not empty for a small benchmark
         "trainer.logger=[console,file]", f"trainer.default_local_dir={run_dir}",
         *overrides,
     ]  # fmt: skip
@@ -102,9 +104,48 @@ def read_scores(metrics_path: str, names: list[str], n: int) -> dict[str, float]
     return out
 
 
+def loadable_groups(files: dict[str, str]) -> list[dict[str, str]]:
+    """The benchmarks split into the fewest groups (greedily, in order) whose files verl's ``RLHFDataset`` can load
+    as one dataset: ``datasets.concatenate_datasets`` refuses a column whose type differs between files, e.g. videos
+    as mp4 paths (VideoMathQA) beside videos as frame lists (MVBench). Checked on the first row of each file."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets.table import InMemoryTable
+
+    def first_row(path: str):
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=1))
+        return datasets.Dataset(InMemoryTable(pa.Table.from_batches([batch])))
+
+    groups: list[tuple[list, dict[str, str]]] = []
+    for name, path in files.items():
+        row = first_row(path)
+        for heads, members in groups:
+            try:
+                datasets.concatenate_datasets([*heads, row])
+            except ValueError:
+                continue
+            heads.append(row)
+            members[name] = path
+            break
+        else:
+            groups.append(([row], {name: path}))
+    return [members for _, members in groups]
+
+
 def evaluate_model(name: str, path: str, files: dict[str, str], out_dir: str, args, overrides) -> dict[str, float]:
-    """Run the recipe's validation on one model; returns accuracy (%) per benchmark."""
-    run_dir = os.path.abspath(os.path.join(out_dir, "runs", name))
+    """Run the recipe's validation on one model, once per group of files verl loads together (usually one);
+    returns accuracy (%) per benchmark."""
+    groups = loadable_groups(files)
+    scores = {}
+    for k, group in enumerate(groups):
+        run = name if len(groups) == 1 else os.path.join(name, f"part{k + 1}")
+        scores |= _validate(name, run, path, group, out_dir, args, overrides)
+    return scores
+
+
+def _validate(name: str, run: str, path: str, files: dict[str, str], out_dir: str, args, overrides) -> dict:
+    run_dir = os.path.abspath(os.path.join(out_dir, "runs", run))
     os.makedirs(run_dir, exist_ok=True)
     metrics_path = os.path.join(run_dir, "val_metrics.jsonl")
     env = dict(os.environ, VERL_FILE_LOGGER_PATH=metrics_path)
@@ -119,7 +160,7 @@ def evaluate_model(name: str, path: str, files: dict[str, str], out_dir: str, ar
         raise RuntimeError(
             f"model {name}: the recipe exited {proc.returncode} ({last[0][:300]}); see {run_dir}/recipe.log"
         )
-    print(f"[copd.eval] {name}: {len(files)} benchmarks in {time.time() - t0:.0f}s", flush=True)
+    print(f"[copd.eval] {name}: {', '.join(files)} in {time.time() - t0:.0f}s", flush=True)
     return read_scores(metrics_path, list(files), args.n)
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from recipe.copd.eval import EvalError, parse_benchmarks
+from recipe.copd.data.common import info, make_row, write_parquet
+from recipe.copd.eval import EvalError, loadable_groups, parse_benchmarks
 from recipe.copd.table import build_table, render_markdown
 
 
@@ -78,3 +79,22 @@ def test_eval_overrides_compose_with_every_kind_of_preset(preset, tmp_path, monk
     assert [b.name for b in copd.branches] == ["eval"] and copd.pairs == []
     assert list(copd.branches[0].val_files) == ["/d/aime24.parquet", "/d/mmmu.parquet"]
     assert cfg.trainer.val_only and cfg.reward.custom_reward_function.path == "pkg://recipe.copd.reward"
+
+
+def test_files_verl_cannot_load_together_go_to_separate_runs(tmp_path):
+    """Text and image files load as one dataset; videos as frame lists and as paths do not (datasets refuses to
+    align the two struct types), so the path file starts a second group."""
+    row = lambda **media: make_row("x", "x", "q", "1", info("math", 0, "test"), **media)  # noqa: E731
+    files = {
+        "text": row(),
+        "image": row(images=[b"png"]),
+        "frames": row(videos=[{"video": ["a.jpg", "b.jpg"]}]),
+        "path": row(videos=[{"video": "a.mp4"}]),
+        "text2": row(),
+    }
+    paths = {}
+    for name, r in files.items():
+        paths[name] = str(tmp_path / f"{name}.parquet")
+        write_parquet([r], paths[name])
+    groups = loadable_groups(paths)
+    assert [list(g) for g in groups] == [["text", "image", "frames", "text2"], ["path"]]
