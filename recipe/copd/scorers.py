@@ -1,6 +1,7 @@
 """Answer checkers of the paper's benchmarks: small pure functions, one per answer format.
 
-- ``extract_final``: the model's final answer (the last ``\\boxed{}``, an ``<answer>`` tag, an "Answer:" line).
+- ``extract_final``: the model's final answer (the last ``\\boxed{}``, an ``<answer>`` tag, an "Answer:" line);
+  for ZeroBench, whose own prompt asks for the answer in curly braces, also the last ``{...}`` (``last_braced``).
 - ``math_equal``: mathematical equivalence with Hugging Face's ``math-verify`` (fractions, decimals, LaTeX,
   intervals, sets), with a plain string comparison as the last resort.
 - ``choice_equal``: multiple choice, by option letter ("(B)", "B.", "The answer is B") or by option text.
@@ -51,6 +52,27 @@ def last_boxed(text: str) -> str | None:
         if depth == 0:
             return text[i + 1 : j]
     return None  # unbalanced: the response was cut off
+
+
+def last_braced(text: str) -> str | None:
+    """ZeroBench's own answer format, "{final answer}": the content of the last balanced ``{...}`` that is not a
+    LaTeX argument (not after a macro name, ``^``, ``_`` or another group, as in ``\\frac{1}{2}``); None if none."""
+    end = text.rfind("}")
+    while end >= 0:
+        depth, j = 0, end
+        while j >= 0:
+            depth += {"}": 1, "{": -1}.get(text[j], 0)
+            if depth == 0:
+                break
+            j -= 1
+        if j < 0:
+            return None  # unbalanced
+        before = text[:j].rstrip(" ")
+        if not (before.endswith(("^", "_", "}")) or re.search(r"\\[A-Za-z]+\*?$", before)):
+            inner = text[j + 1 : end].strip()
+            return inner or None
+        end = text.rfind("}", 0, j)
+    return None
 
 
 def extract_final(solution: str) -> str:
@@ -181,6 +203,15 @@ def answer_type(data_source: str, extra_info: dict | None) -> str:
     return kind
 
 
+def final_answer(data_source: str, solution: str) -> str:
+    """``extract_final``; for ZeroBench without a ``\\boxed{}``, its own "{answer}" format first."""
+    if data_source == "zerobench" and last_boxed(solution) is None:
+        braced = last_braced(_THINK.sub("", solution))
+        if braced is not None:
+            return braced
+    return extract_final(solution)
+
+
 def score(data_source: str, solution: str, ground_truth, extra_info: dict | None = None) -> float:
     """1.0 when the response's final answer is correct, else 0.0 (see the module docstring)."""
     gold = str(ground_truth)
@@ -191,9 +222,9 @@ def score(data_source: str, solution: str, ground_truth, extra_info: dict | None
     elif kind == "numeric":
         precision = info.get("precision")
         precision = None if precision is None or (isinstance(precision, float) and math.isnan(precision)) else precision
-        ok = numeric_equal(extract_final(solution), gold, precision, info.get("numeric_kind") or "float")
+        ok = numeric_equal(final_answer(data_source, solution), gold, precision, info.get("numeric_kind") or "float")
     elif kind == "text":
-        ok = text_equal(extract_final(solution), gold)
+        ok = text_equal(final_answer(data_source, solution), gold)
     else:
-        ok = math_equal(extract_final(solution), gold)
+        ok = math_equal(final_answer(data_source, solution), gold)
     return 1.0 if ok else 0.0

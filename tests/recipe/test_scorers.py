@@ -72,6 +72,22 @@ def test_text_answers_and_last_boxed():
     assert scorers.last_boxed("so $\\boxed 5$") == "5" and scorers.last_boxed("\\fbox{7} then {x}") == "7"
 
 
+ZEROBENCH = [  # ZeroBench's own prompt: "give the final answer in curly braces, like this: {final answer}"
+    ("Counting the rows: 3 x 4. So the answer is {12}.", "12", True),
+    ("x = \\frac{1}{2}, therefore {0.5}", "1/2", True),  # \frac's arguments are not the answer
+    ("{Blue car}", "blue car", True),
+    ("\\boxed{7}, not {8}", "7", True),  # a boxed answer wins
+    ("we get \\frac{3}{4}", "3/4", False),  # only LaTeX arguments: no braced answer, and no boxed one
+    ("<think>{1}</think> so {2}", "2", True),
+    ("a^{2} and b_{3}", "3", False),
+]
+
+
+@pytest.mark.parametrize("response,gold,ok", ZEROBENCH)
+def test_zerobench_curly_brace_answers(response, gold, ok):
+    assert scorers.score("zerobench", response, gold, {"answer_type": "text" if "car" in gold else "math"}) == ok
+
+
 def test_every_known_source_has_a_kind_and_unknown_sources_fail_loudly():
     for source in ("text", "image", "video"):
         assert source in scorers.DEFAULT_KIND
