@@ -18,12 +18,14 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 from merge_bench import check_average, mergekit_command, run_timed
 
 REPO = Path(__file__).resolve().parents[1]
+SETTLE_S = 3.0  # seconds of rest between rows
 
 
 def copd_env(tree: Path) -> dict:
@@ -44,10 +46,12 @@ def steps(cmds: list[tuple[list[str], dict]], log: Path) -> dict:
 
 
 def settle(work: Path, shard_files: list[Path]) -> None:
-    """Untimed, between rows: no output left, no dirty pages, the inputs warm in the page cache."""
+    """Untimed, between rows: no output left, no dirty pages, the inputs warm in the page cache; then a pause, so
+    that the device works off the discards of the deleted files (ext4 mounted with `discard`) before the next row."""
     for name in ("floor", "out_copd", "out_mergekit"):
         shutil.rmtree(work / name, ignore_errors=True)
     os.sync()
+    time.sleep(SETTLE_S)
     subprocess.run(["cat", *map(str, shard_files)], stdout=subprocess.DEVNULL, check=True)
 
 

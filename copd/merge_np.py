@@ -165,7 +165,7 @@ def merge_chunk(method: str, xs_K: Sequence[np.ndarray], weights_K: Sequence[flo
         for x in xs_K[2:]:
             np.add(acc, x, out=acc)
         np.multiply(acc, F32(weights_K[0]), out=acc)
-        if np.isfinite(acc.sum()):  # also false on an inf or NaN input: the general path handles those
+        if np.isfinite(acc.min()) and np.isfinite(acc.max()):  # false on inf or NaN (min/max propagate NaN)
             return acc
     np.multiply(xs_K[0], F32(weights_K[0]), out=acc)
     for x, w in zip(xs_K[1:], weights_K[1:], strict=True):
