@@ -124,14 +124,30 @@ def _decode_video_file(ele: dict):
     with av.open(path) as container:
         stream = container.streams.video[0]
         video_fps = float(stream.average_rate or stream.guessed_rate or FPS)
-        decoded = [frame.to_image() for frame in container.decode(stream)]
+        total = stream.frames  # from the container; 0 when it does not say
+        if total >= FRAME_FACTOR:  # only the sampled frames become images (a long video stays small in memory)
+            indices = _frame_indices(ele, total, video_fps, path)
+            wanted, kept = set(indices), {}
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    kept[i] = frame.to_image().convert("RGB")
+            if len(kept) == len(wanted):
+                metadata = dict(fps=video_fps, frames_indices=indices, total_num_frames=total)
+                return [kept[i] for i in indices], metadata, len(indices) / total * video_fps
+    with av.open(path) as container:  # no frame count in the container, or a wrong one: count by decoding
+        decoded = [frame.to_image().convert("RGB") for frame in container.decode(container.streams.video[0])]
     total = len(decoded)
+    indices = _frame_indices(ele, total, video_fps, path)
+    metadata = dict(fps=video_fps, frames_indices=indices, total_num_frames=total)
+    return [decoded[i] for i in indices], metadata, len(indices) / total * video_fps
+
+
+def _frame_indices(ele: dict, total: int, video_fps: float, path: str) -> list[int]:
+    """The frames qwen-vl-utils samples: ``smart_nframes`` of them, evenly spread (``torch.linspace(...).round()``)."""
     if total < FRAME_FACTOR:
         raise ValueError(f"video {path[:60]!r}: {total} frame(s), at least {FRAME_FACTOR} needed")
     nframes = smart_nframes(ele, total, video_fps)
-    indices = [round(k * (total - 1) / (nframes - 1)) for k in range(nframes)]  # torch.linspace(...).round()
-    metadata = dict(fps=video_fps, frames_indices=indices, total_num_frames=total)
-    return [decoded[i].convert("RGB") for i in indices], metadata, nframes / max(total, 1e-6) * video_fps
+    return [round(k * (total - 1) / (nframes - 1)) for k in range(nframes)]
 
 
 def fetch_video(ele: dict, image_patch_size: int = 14, return_video_sample_fps=False, return_video_metadata=False):

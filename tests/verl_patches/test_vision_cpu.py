@@ -10,7 +10,7 @@ def test_smart_resize_keeps_factor_and_bounds():
 
 
 def _mp4(path, frames: int, fps: int):
-    """A 48 x 32 mp4 whose frame k is filled with grey level 20 k (PyAV, mpeg4)."""
+    """A 48 x 32 video (mp4, or mkv: a container without a frame count) whose frame k has grey level 20 k."""
     import av
     import numpy as np
 
@@ -34,6 +34,12 @@ def test_video_file_sampled_as_qwen_vl_utils_samples_it(tmp_path):
     assert (levels[1:] > levels[:-1]).all()  # later frames are brighter: the frames kept, in order
     both = vision_cpu.fetch_video({"video": str(path), "nframes": 6}, 16, False, True)[1]
     assert len(both["frames_indices"]) == 6
+
+
+def test_a_container_without_a_frame_count_is_counted_by_decoding(tmp_path):
+    path = _mp4(tmp_path / "clip.mkv", frames=12, fps=6)
+    (video, meta), sample_fps = vision_cpu.fetch_video({"video": str(path)}, 16, True, True)
+    assert meta == {"fps": 6.0, "frames_indices": [0, 4, 7, 11], "total_num_frames": 12} and video.shape[0] == 4
 
 
 def test_video_file_errors_are_one_line(tmp_path):
