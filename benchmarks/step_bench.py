@@ -6,7 +6,9 @@ file), same group size n, response length, learning rate, weight decay and clip 
   plain   in this process: HF ``generate`` of B prompts x n, exact-match reward, GRPO advantages, one no-grad forward
           for the old log-probs, one clipped policy-gradient step (AdamW) on all B x n rows.
   recipe  ``python -m recipe.copd.main`` with S_OPD=0 (GRPO only, probe off) and the trainer's own ``timing_s/*``:
-          K=1 (one branch), K=2 colocated (the default), K=2 split (disjoint pools, ``copd.placement=split``).
+          K=1 (one branch), K=1 scoring through verl's reward workers (``copd.run.inline_reward=false``, the
+          per-sample Ray call the recipe removes on CPU), K=2 colocated (the default), K=2 split (disjoint pools,
+          ``copd.placement=split``).
 
 Medians over steps (the first ``--warmup`` steps of each run dropped). Both sides pin one torch thread per process.
 The last line is ``recipe/plain step time: X.XX`` (recipe K=1 step over the plain step).
@@ -174,6 +176,12 @@ def main() -> None:
     ap.add_argument("--warm-steps", type=int, default=50, help="warm-start steps of the benchmark's model")
     ap.add_argument("--out", default="/tmp/copd_step_bench")
     ap.add_argument("--skip-split", action="store_true", help="leave out the K=2 split run")
+    ap.add_argument("--skip-colocate", action="store_true", help="leave out the K=2 colocated run")
+    ap.add_argument(
+        "--skip-reward-workers",
+        action="store_true",
+        help="leave out the K=1 run scoring through verl's reward workers (copd.run.inline_reward=false)",
+    )
     ap.add_argument("--run-timeout", type=float, default=900, help="seconds one recipe run may take")
     ap.add_argument("--json-out", default=None, help="also write every run's per-step timings here")
     args = ap.parse_args()
@@ -183,7 +191,11 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     print(f"step_bench: B={args.batch} x n={args.n}, response <= {args.response_length} tokens (load {load0:.1f})")
     one, two = branch_overrides(files, ["add"], model_dir), branch_overrides(files, ["add", "mul"], model_dir)
-    runs = {"recipe K=1": one, "recipe K=2 colocate": two}
+    runs = {"recipe K=1": one}
+    if not args.skip_reward_workers:
+        runs["K=1 reward workers"] = [*one, "copd.run.inline_reward=false"]
+    if not args.skip_colocate:
+        runs["recipe K=2 colocate"] = two
     if not args.skip_split:
         runs["recipe K=2 split"] = [*two, "copd.placement=split", "trainer.n_gpus_per_node=2"]
     results = {"plain": plain_steps(model_dir, train_file, args)}
@@ -200,7 +212,11 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps(results, indent=1))
     plain, k1 = median(results["plain"], "step"), median(results["recipe K=1"], "step")
     print(f"load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print(f"recipe K=2 colocate / K=1 step time: {median(results['recipe K=2 colocate'], 'step') / k1:.2f}")
+    if results.get("recipe K=2 colocate"):
+        print(f"recipe K=2 colocate / K=1 step time: {median(results['recipe K=2 colocate'], 'step') / k1:.2f}")
+    if results.get("K=1 reward workers"):
+        workers = median(results["K=1 reward workers"], "step")
+        print(f"recipe with verl's reward workers (inline_reward=false)/plain step time: {workers / plain:.2f}")
     if results.get("recipe K=2 split"):
         print(f"recipe K=2 split / K=1 step time: {median(results['recipe K=2 split'], 'step') / k1:.2f} (goal <= 1.2)")
     print(f"recipe/plain step time: {k1 / plain:.2f}")

@@ -89,3 +89,49 @@ def register_agent_loop(config: DictConfig) -> None:
         return
     with open_dict(config):
         agent.agent_loop_config_path = AGENT_LOOPS_YAML
+
+
+class _InlineRewardWorker:
+    """verl's ``RewardLoopWorker`` in the agent-loop worker's own process, behind the one method the agent loop
+    calls on a reward worker handle (``await handle.compute_score.remote(data)``).
+
+    verl scores every sample with a Ray call to a reward worker carrying a pickled one-row ``DataProto``: on a CPU
+    box that round trip, not the rule itself, is most of the reward's cost. The scorer is verl's own class and
+    reward manager, so the scores are the same; only the hop is gone. Not for reward models (they need the
+    reward router), and off by default on accelerators (``copd.run.inline_reward``), where the reward workers keep
+    the scoring off the agent loop's event loop."""
+
+    def __init__(self, config: DictConfig):
+        from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+
+        self.worker = RewardLoopWorker(config, reward_router_address=None)
+        self.compute_score = _Remote(self.worker.compute_score)
+
+
+class _Remote:
+    def __init__(self, fn):
+        self.remote = fn  # an ``async def``: awaiting its call is what awaiting an ObjectRef is to verl
+
+
+def inline_reward_worker_class():
+    """``AgentLoopWorkerTQ`` (verl's V1 agent-loop worker, as a Ray actor) scoring through ``_InlineRewardWorker``
+    when it is given reward worker handles (the reward is on)."""
+    import ray
+    from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopWorkerTQ
+
+    class InlineRewardAgentLoopWorkerTQ(AgentLoopWorkerTQ.__ray_actor_class__):
+        def __init__(self, config, llm_client, teacher_client=None, reward_loop_worker_handles=None):
+            if reward_loop_worker_handles is not None:
+                reward_loop_worker_handles = [_InlineRewardWorker(config)]
+            super().__init__(config, llm_client, teacher_client, reward_loop_worker_handles)
+
+    return ray.remote(InlineRewardAgentLoopWorkerTQ)
+
+
+def inline_reward_enabled(setting, config: DictConfig, on_cpu: bool) -> bool:
+    """``copd.run.inline_reward``: true, false, or "auto" (on for a CPU run whose reward needs no reward model)."""
+    if config.reward.reward_model.get("enable", False):
+        if setting is True:
+            raise ValueError("copd.run.inline_reward=true needs a rule reward: reward.reward_model.enable is true")
+        return False
+    return on_cpu if setting == "auto" else bool(setting)

@@ -111,10 +111,10 @@ def compose_preset(name: str):
         return compose(config_name=name)
 
 
-def run_env(root: Path) -> dict[str, str]:
+def run_env(root: Path, data: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        COPD_DATA=str(root / "data"),
+        COPD_DATA=str(data or root / "data"),
         HF_HUB_CACHE=str(root / "hub"),
         HF_HUB_OFFLINE="1",
         OMP_NUM_THREADS="1",
@@ -131,8 +131,11 @@ def teachers_needed(preset_cfg) -> list[str]:
     return [var for var in EXPERTS if var in raw]
 
 
-def run_preset(name: str, root: Path, workers: int, timeout_s: int) -> dict:
-    """Run one preset shrunk; returns its report row (status, wall time, steps, rewards, overlap, cross share)."""
+def run_preset(name: str, root: Path, workers: int, timeout_s: int, data: Path | None = None) -> dict:
+    """Run one preset shrunk; returns its report row (status, wall time, steps, rewards, overlap, cross share).
+
+    ``data``: the folder of ``{source}_{split}.parquet`` files (``COPD_DATA``); default ``root/data`` (the fixtures).
+    """
     out = root / name
     cfg = compose_preset(name)
     blocked = [v for v in teachers_needed(cfg) if not (Path(run_env(root)[v]) / "model.safetensors").exists()]
@@ -145,7 +148,7 @@ def run_preset(name: str, root: Path, workers: int, timeout_s: int) -> dict:
     with open(out / "run.log", "w") as log:
         try:
             rc = subprocess.run(
-                cmd, cwd=ROOT, env=run_env(root), stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s
+                cmd, cwd=ROOT, env=run_env(root, data), stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s
             )
             rc = rc.returncode
         except subprocess.TimeoutExpired:
@@ -209,13 +212,15 @@ def format_report(rows: list[dict]) -> str:
     return "\n".join(["# CoPD rehearsal", "", *lines, *([""] + notes if notes else [])]) + "\n"
 
 
-def prepare_root(root: Path) -> None:
-    """The tiny model in ``root/hub`` and the fixtures in ``root/data`` (both deterministic, rebuilt each time)."""
+def prepare_root(root: Path, fixtures: bool = True) -> None:
+    """The tiny model in ``root/hub`` and, unless ``fixtures`` is false (the user's own data), the fixtures in
+    ``root/data`` (both deterministic, rebuilt each time)."""
     from copd.tiny.qwen3vl import install_hub_cache
     from recipe.copd.fixtures import write_fixtures
 
     install_hub_cache(TINY_ID, cache_dir=str(root / "hub"))
-    write_fixtures(str(root / "data"), n_train=16, n_val=4)
+    if fixtures:
+        write_fixtures(str(root / "data"), n_train=16, n_val=4)
 
 
 def main(argv=None) -> int:
@@ -224,6 +229,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="outputs/rehearsal", help="output folder (default: outputs/rehearsal)")
     p.add_argument("--workers", type=int, default=1, help="CPU trainer ranks per branch (default 1)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per preset before it counts as failed")
+    p.add_argument(
+        "--data",
+        help="folder of {text,image,video}_{train,val}.parquet (python -m recipe.copd.data ... --output DIR) to "
+        "train on instead of the built-in fixtures",
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild DIR/report.md from DIR's outputs; run nothing")
     args = p.parse_args(argv)
     known = presets()
@@ -233,6 +243,10 @@ def main(argv=None) -> int:
         return 2
     names = [n for n in known if n in args.presets] if args.presets else known
     root = Path(args.out).resolve()
+    data = Path(args.data).resolve() if args.data else None
+    if data is not None and not data.is_dir():
+        print(f"{p.prog}: error: --data {args.data}: no such folder", file=sys.stderr)
+        return 2
     if args.report_only:
         rows = json.loads((root / "report.json").read_text()) if (root / "report.json").exists() else []
         rows = [{**r, **summarize(root / r["preset"], compose_preset(r["preset"]))} for r in rows]
@@ -241,14 +255,14 @@ def main(argv=None) -> int:
         print(format_report(rows), end="")
         return 0 if rows and all(r["status"] == "ok" for r in rows) else 1
     root.mkdir(parents=True, exist_ok=True)
-    prepare_root(root)
+    prepare_root(root, fixtures=data is None)
     # rows of presets rehearsed earlier into the same folder and not rerun now stay in the report
     earlier = json.loads((root / "report.json").read_text()) if (root / "report.json").exists() else []
     done = {r["preset"]: r for r in earlier if r["preset"] in known and r["preset"] not in names}
     rows = []
     for name in names:
         print(f"rehearse: {name} ...", flush=True)
-        rows.append(run_preset(name, root, args.workers, args.timeout))
+        rows.append(run_preset(name, root, args.workers, args.timeout, data))
         r = rows[-1]
         print(f"rehearse: {name}: {r['status']} ({r.get('wall_s', 0)} s) {r.get('note', '')}", flush=True)
         done[name] = r

@@ -36,6 +36,8 @@ class RunConfig:
     validate_merged: bool = True  # validate the merged model through the rollout on every branch's val data
     worker_logs: bool = False  # stream every Ray worker's output (verl's prints and logs) to the console; false:
     # they stay in Ray's session logs (/tmp/ray/session_latest/logs) and the console shows one line per step
+    inline_reward: bool | str = "auto"  # score rule rewards in the agent-loop worker (verl's RewardLoopWorker in
+    # that process) instead of one Ray call per sample to the reward workers; auto: on CPU only
     toy: ToyConfig = field(default_factory=ToyConfig)  # the embedded default
 
     def __post_init__(self):
@@ -45,6 +47,8 @@ class RunConfig:
         for name in ("validate_merged", "worker_logs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"copd.run.{name}={getattr(self, name)!r} must be true or false")
+        if self.inline_reward not in (True, False, "auto"):
+            raise ValueError(f"copd.run.inline_reward={self.inline_reward!r} must be true, false or auto")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> RunConfig:

@@ -49,3 +49,19 @@ def test_run_config_rejects_unknown_keys_and_bad_values():
         RunConfig.from_dict({"cross_batch_size": 0})
     with pytest.raises(ValueError, match="worker_logs"):
         RunConfig.from_dict({"worker_logs": "yes"})
+    with pytest.raises(ValueError, match="inline_reward"):
+        RunConfig.from_dict({"inline_reward": "on"})
+
+
+def test_inline_reward_setting():
+    from omegaconf import OmegaConf
+
+    from recipe.copd.agent_loop import inline_reward_enabled
+
+    rule = OmegaConf.create({"reward": {"reward_model": {"enable": False}}})
+    model = OmegaConf.create({"reward": {"reward_model": {"enable": True}}})
+    assert inline_reward_enabled("auto", rule, on_cpu=True) and not inline_reward_enabled("auto", rule, on_cpu=False)
+    assert inline_reward_enabled(True, rule, on_cpu=False) and not inline_reward_enabled(False, rule, on_cpu=True)
+    assert not inline_reward_enabled("auto", model, on_cpu=True)  # a reward model needs verl's reward workers
+    with pytest.raises(ValueError, match="reward_model.enable"):
+        inline_reward_enabled(True, model, on_cpu=True)
