@@ -182,6 +182,13 @@ def main() -> None:
         action="store_true",
         help="leave out the K=1 run scoring through verl's reward workers (copd.run.inline_reward=false)",
     )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="TAG=OVERRIDE[,OVERRIDE...]",
+        help="also time the K=1 run with these overrides, e.g. 'agent2=actor_rollout_ref.rollout.agent.num_workers=2'",
+    )
     ap.add_argument("--run-timeout", type=float, default=900, help="seconds one recipe run may take")
     ap.add_argument("--json-out", default=None, help="also write every run's per-step timings here")
     args = ap.parse_args()
@@ -194,6 +201,9 @@ def main() -> None:
     runs = {"recipe K=1": one}
     if not args.skip_reward_workers:
         runs["K=1 reward workers"] = [*one, "copd.run.inline_reward=false"]
+    for variant in args.variant:
+        tag, _, overrides = variant.partition("=")
+        runs[f"K=1 {tag}"] = [*one, *overrides.split(",")]
     if not args.skip_colocate:
         runs["recipe K=2 colocate"] = two
     if not args.skip_split:

@@ -123,7 +123,13 @@ class PromptStream:
     def __init__(self, files: list[str], data_config: DictConfig, tokenizer, processor, batch_size: int, seed: int):
         dataset = create_rl_dataset(files, data_config, tokenizer, processor, is_train=True)
         if len(dataset) < batch_size:
-            raise ValueError(f"cross dataset {files} has {len(dataset)} prompts, fewer than the batch {batch_size}")
+            why = ""
+            if data_config.get("filter_overlong_prompts", False):  # verl dropped the prompts over the limit
+                why = (f" after verl dropped the prompts over data.max_prompt_length={data_config.max_prompt_length} "
+                       f"tokens (image and video tokens count); raise the limit or add data")  # fmt: skip
+            raise ValueError(
+                f"cross dataset {files} has {len(dataset)} prompts, fewer than the batch {batch_size}{why}"
+            )
         sampler_cfg = OmegaConf.create({"shuffle": data_config.get("shuffle", True), "seed": seed})
         self.loader = StatefulDataLoader(
             dataset=dataset,

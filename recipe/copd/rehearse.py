@@ -131,10 +131,13 @@ def teachers_needed(preset_cfg) -> list[str]:
     return [var for var in EXPERTS if var in raw]
 
 
-def run_preset(name: str, root: Path, workers: int, timeout_s: int, data: Path | None = None) -> dict:
+def run_preset(
+    name: str, root: Path, workers: int, timeout_s: int, data: Path | None = None, extra: list[str] = ()
+) -> dict:
     """Run one preset shrunk; returns its report row (status, wall time, steps, rewards, overlap, cross share).
 
     ``data``: the folder of ``{source}_{split}.parquet`` files (``COPD_DATA``); default ``root/data`` (the fixtures).
+    ``extra``: hydra overrides applied after the shrink's (e.g. ``data.max_prompt_length=1024`` for video rows).
     """
     out = root / name
     cfg = compose_preset(name)
@@ -142,7 +145,7 @@ def run_preset(name: str, root: Path, workers: int, timeout_s: int, data: Path |
     if blocked:
         return {"preset": name, "status": "blocked", "note": f"teacher missing: {', '.join(blocked)}"}
     out.mkdir(parents=True, exist_ok=True)
-    overrides = shrink_overrides(cfg, str(out), workers)
+    overrides = [*shrink_overrides(cfg, str(out), workers), *extra]
     cmd = [sys.executable, "-m", "recipe.copd.main", "--config-path", str(CONFIGS), "--config-name", name, *overrides]
     t0 = time.time()
     with open(out / "run.log", "w") as log:
@@ -224,7 +227,11 @@ def prepare_root(root: Path, fixtures: bool = True) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m recipe.copd.rehearse", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m recipe.copd.rehearse",
+        description=__doc__.splitlines()[0],
+        epilog="Hydra overrides after -- apply to every preset after the shrink's, e.g. -- data.max_prompt_length=1024",
+    )
     p.add_argument("presets", nargs="*", help="presets under configs/ (default: all), e.g. qwen3vl_text_image")
     p.add_argument("--out", default="outputs/rehearsal", help="output folder (default: outputs/rehearsal)")
     p.add_argument("--workers", type=int, default=1, help="CPU trainer ranks per branch (default 1)")
@@ -235,7 +242,9 @@ def main(argv=None) -> int:
         "train on instead of the built-in fixtures",
     )
     p.add_argument("--report-only", action="store_true", help="rebuild DIR/report.md from DIR's outputs; run nothing")
-    args = p.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []  # hydra overrides after the shrink's, every preset
+    args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     known = presets()
     unknown = [n for n in args.presets if n not in known]
     if unknown:
@@ -262,7 +271,7 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         print(f"rehearse: {name} ...", flush=True)
-        rows.append(run_preset(name, root, args.workers, args.timeout, data))
+        rows.append(run_preset(name, root, args.workers, args.timeout, data, extra))
         r = rows[-1]
         print(f"rehearse: {name}: {r['status']} ({r.get('wall_s', 0)} s) {r.get('note', '')}", flush=True)
         done[name] = r
