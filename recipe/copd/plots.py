@@ -2,7 +2,8 @@
 
 Reads the metrics JSON-lines file the trainer writes (one dict per step, with "step"). Metric keys are matched by
 pattern, so extra metrics do not matter and missing series are skipped:
-  - `branch_{name}/critic/score/mean`      -> reward of branch `name` (verl's name under a branch prefix)
+  - `branch_{name}/copd/reward_native_mean` -> reward of branch `name` on its own prompts (Phase II's cross rows,
+    on the partner's prompts, left out); runs without it: `branch_{name}/critic/score/mean` (verl's, all rows)
   - `copd/overlap/{student}<-{teacher}`   -> top-k overlap O_k of the pair (paper's behavioural overlap)
   - `copd/sym_kl/{student}<-{teacher}`    -> symmetric KL of the pair
   - `copd/phase` ("rl" / "opd"), `copd/cycle` -> the phase spans, when `phases` is not given
@@ -21,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 REWARD_KEY = re.compile(r"^branch_(?P<name>[^/]+)/critic/score/mean$")
+NATIVE_REWARD_KEY = re.compile(r"^branch_(?P<name>[^/]+)/copd/reward_native_mean$")
 OVERLAP_KEY = re.compile(r"^copd/overlap/(?P<name>.+)$")
 SYM_KL_KEY = re.compile(r"^copd/sym_kl/(?P<name>.+)$")
 PHASE_STYLE = {"rl": ("tab:blue", "Phase I (RL)"), "opd": ("tab:orange", "Phase II (OPD)")}
@@ -32,6 +34,11 @@ def read_metrics(path: str | Path) -> list[dict]:
     """The step dicts of a JSON-lines metrics file, sorted by "step" (blank lines and rows without "step" skipped)."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     return sorted((r for r in rows if "step" in r), key=lambda r: r["step"])
+
+
+def reward_series(rows: list[dict]) -> Series:
+    """Each branch's reward on its own prompts where the trainer logged it, else verl's score over all its rows."""
+    return {**collect_series(rows, REWARD_KEY), **collect_series(rows, NATIVE_REWARD_KEY)}
 
 
 def collect_series(rows: list[dict], pattern: re.Pattern) -> Series:
@@ -120,10 +127,10 @@ def plot_training(
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    rewards = collect_series(rows, REWARD_KEY)
+    rewards = reward_series(rows)
     if rewards:
         fig = Figure(figsize=(8, 4))
-        _panel(fig.add_subplot(1, 1, 1), rewards, "Reward per branch", "mean reward", phases)
+        _panel(fig.add_subplot(1, 1, 1), rewards, "Reward per branch (own prompts)", "mean reward", phases)
         written.append(_save(fig, out_dir / "reward.png"))
 
     panels = [

@@ -100,3 +100,12 @@ def test_plot_training_empty_phase_list_derives_phases(tmp_path, monkeypatch):
     metrics = _write_metrics(tmp_path / "metrics.jsonl", _rows())
     plot_training(metrics, tmp_path / "plots", phases=[])
     assert seen and all(p == phases_from_metrics(_rows()) for p in seen)
+
+
+def test_reward_plot_prefers_the_native_reward(tmp_path):
+    """Phase II's critic/score mixes cross rows (the partner's prompts) in; the plot shows the branch's own."""
+    from recipe.copd.plots import reward_series
+
+    rows = [{"step": 1, "branch_a/critic/score/mean": 0.7, "branch_a/copd/reward_native_mean": 0.3,
+             "branch_b/critic/score/mean": 0.5}]  # fmt: skip
+    assert reward_series(rows) == {"a": ([1], [0.3]), "b": ([1], [0.5])}
