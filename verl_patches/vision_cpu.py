@@ -131,6 +131,8 @@ def _decode_video_file(ele: dict):
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
                     kept[i] = frame.to_image().convert("RGB")
+                if i >= indices[-1]:
+                    break  # the rest of the video is not sampled
             if len(kept) == len(wanted):
                 metadata = dict(fps=video_fps, frames_indices=indices, total_num_frames=total)
                 return [kept[i] for i in indices], metadata, len(indices) / total * video_fps

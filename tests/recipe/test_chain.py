@@ -1,7 +1,8 @@
 """prepare -> train -> evaluate, as a user runs it: three training sets prepared from their public layouts
 (DAPO-Math parquet, Geometry3K parquet with embedded images, Video-R1's JSON with mp4 and image paths) into one
-``COPD_DATA`` folder, the 3-branch hub preset rehearsed on it (Phase I and a Phase II step whose cross batches mix
-Video-R1's image and video rows), and the merged model against the base on benchmarks of each Table 1 group."""
+``COPD_DATA`` folder, the 3-branch hub preset rehearsed on it (Phase I and a Phase II step; the video branch's 8
+rows, 4 image and 4 video, all within the prompt limit, feed its native batches and the hub's cross batch), and the
+merged model against the base on benchmarks of each Table 1 group."""
 
 import json
 import subprocess
@@ -89,7 +90,7 @@ def test_prepare_train_evaluate(tmp_path):
     base = next((out / "hub").glob("models--*/snapshots/*"))
     merged = json.loads((out / preset / "copd_result.json").read_text())["merged"]
     report_dir = tmp_path / "report"
-    vl = ["actor_rollout_ref.model.trust_remote_code=True", "data.max_prompt_length=1024",
+    vl = ["actor_rollout_ref.model.trust_remote_code=True", f"data.max_prompt_length={LIMIT}",
           "data.max_response_length=8"]  # fmt: skip
     models = ["--models", f"base={base}", f"copd={merged}"]
     args = [*models, "--benchmarks", ",".join(BENCHMARKS), "--data", str(bench), "--out", str(report_dir), "--", *vl]

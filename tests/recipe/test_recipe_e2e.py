@@ -139,3 +139,18 @@ def test_toy_baseline_adds_the_plain_average_row(tmp_path, toy_workdir, tiny_ove
     # the experts never saw a cross batch: no OPD step in their metrics
     rows = [r for r in _rows(run / "baseline_experts" / "metrics.jsonl") if "copd/phase" in r]
     assert rows and all(r["copd/phase"] == "rl" for r in rows)
+
+
+def test_inline_reward_scores_as_verls_reward_workers(tmp_path, toy_workdir, tiny_overrides):
+    """`copd.run.inline_reward` (the CPU default) against verl's per-sample reward workers (the accelerator
+    default): with reproducible sampling the same samples get the same rewards."""
+    steps = ["copd.n_cycles=1", "copd.s_rl=1", "copd.s_opd=0", "copd.run.validate_merged=false",
+             "actor_rollout_ref.rollout.full_determinism=true"]  # fmt: skip
+    rewards = {}
+    for inline in ("true", "false"):
+        work = toy_workdir(tmp_path / f"inline_{inline}")
+        proc = _run(work, tiny_overrides, *steps, f"copd.run.inline_reward={inline}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        row = [r for r in _rows(work / "run" / "metrics.jsonl") if "copd/phase" in r][0]
+        rewards[inline] = {k: v for k, v in row.items() if "reward_native" in k or "critic/score" in k}
+    assert rewards["true"] and rewards["true"] == rewards["false"]
