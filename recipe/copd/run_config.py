@@ -16,15 +16,19 @@ class ToyConfig:
     workdir: str = "outputs/copd_toy"  # data, warm-started model and run outputs of the toy
     n_train: int = 2000  # training problems per skill
     n_val: int = 64  # validation problems per skill (verl's validation and the warm start's stopping rule)
-    n_test: int = 300  # held-out problems per skill of the closing table
-    warm_start_steps: int = 1000  # a maximum: the warm start stops once it reaches its target accuracy
+    n_test: int = 1000  # held-out problems per skill of the closing table (one standard error <= 0.016)
+    warm_start_steps: int = 1500  # a maximum: the warm start anneals and stops once it reaches its target accuracy
+    warm_start_time_s: int = 300  # the warm start's time budget (then it anneals and stops): bounded on slow machines
+    seed: int = 0  # seeds the warm start (weights, batches, answer styles) and the training problems
     baseline: bool = False  # also train the branches independently (S_OPD = 0) and report their plain average
 
     def __post_init__(self):
         for name in ("enable", "baseline"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"copd.run.toy.{name}={getattr(self, name)!r} must be true or false")
-        for name in ("n_train", "n_val", "n_test", "warm_start_steps"):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"copd.run.toy.seed={self.seed!r} must be an integer >= 0")
+        for name in ("n_train", "n_val", "n_test", "warm_start_steps", "warm_start_time_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"copd.run.toy.{name}={value!r} must be an integer >= 1")

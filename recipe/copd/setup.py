@@ -24,7 +24,7 @@ from verl.workers.rollout.llm_server import LLMServerManager
 from verl.workers.rollout.replica import get_rollout_replica_class
 
 import verl_patches
-from recipe.copd.agent_loop import inline_reward_enabled, inline_reward_worker_class
+from recipe.copd.agent_loop import agent_loop_worker_class, inline_reward_enabled
 from recipe.copd.worker import CoPDActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -147,21 +147,20 @@ def build_agent_loops(trainer) -> dict:
     """One verl agent loop manager per trainable branch, all sharing the reward loop workers."""
     from verl.trainer.ppo.v1 import AgentLoopManagerTQ
 
-    manager_class = AgentLoopManagerTQ
-    if inline_reward_enabled(trainer.run.inline_reward, trainer.config, verl_patches.is_cpu()):
-        worker_class = inline_reward_worker_class()
+    worker_class = agent_loop_worker_class(
+        inline_reward_enabled(trainer.run.inline_reward, trainer.config, verl_patches.is_cpu())
+    )
 
-        class InlineRewardAgentLoopManagerTQ(AgentLoopManagerTQ):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self.agent_loop_workers_class = worker_class
+    class CoPDAgentLoopManagerTQ(AgentLoopManagerTQ):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.agent_loop_workers_class = worker_class
 
-        manager_class = InlineRewardAgentLoopManagerTQ
     managers = {}
     for name, branch in trainer.branches.items():
         if branch.spec.frozen:
             continue
-        managers[name] = manager_class.create(
+        managers[name] = CoPDAgentLoopManagerTQ.create(
             config=branch.config,
             llm_client=branch.llm_server_manager.get_client(),
             teacher_client=None,

@@ -33,12 +33,12 @@ def tiny_overrides() -> list[str]:
 @pytest.fixture(scope="session")
 def toy_cache(tmp_path_factory) -> Path:
     """The toy's data and warm-started model, built once per session (the recipe then finds them cached)."""
-    from recipe.copd.toy.tasks import build_toy_data
-    from recipe.copd.toy.warmstart import warm_start
+    from recipe.copd.run_config import ToyConfig
+    from recipe.copd.toy.prepare import build_toy_inputs
 
     work = tmp_path_factory.mktemp("toy_cache")
-    build_toy_data(work / "data", n_train=N_TRAIN, n_val=N_VAL, n_test=N_TEST)
-    warm_start(str(work / "model"), steps=WARM_START_STEPS)
+    toy = ToyConfig(n_train=N_TRAIN, n_val=N_VAL, n_test=N_TEST, warm_start_steps=WARM_START_STEPS)
+    build_toy_inputs(str(work), toy)
     return work
 
 

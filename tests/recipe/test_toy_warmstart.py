@@ -87,9 +87,18 @@ def test_warm_start_refuses_a_foreign_folder(tmp_path):
 
 
 def test_warm_start_stops_early_at_targets(tmp_path):
-    out = warm_start(tmp_path / "w", target_acc=(0.0, 0.0), eval_every=3, n_val=4, log=lambda m: None, **TINY)
-    manifest = read_manifest(out)
-    assert manifest["steps_done"] == 3 and set(manifest["val_accuracy"]) == {"add", "mul"}
+    kw = dict(target_acc=(0.0, 0.0), eval_every=3, n_val=4, log=lambda m: None, **TINY)
+    manifest = read_manifest(warm_start(tmp_path / "w", anneal_steps=0, **kw))
+    assert manifest["steps_done"] == 3 and manifest["target_reached_at"] == 3
+    assert set(manifest["val_accuracy"]) == set(manifest["val_value_accuracy"]) == {"add", "mul"}
+    # with an anneal: the targets are reached at step 3, then 4 steps of decaying learning rate, then the stop
+    annealed = read_manifest(warm_start(tmp_path / "a", anneal_steps=4, **kw))
+    assert annealed["target_reached_at"] == 3 and annealed["steps_done"] == 7
+
+
+def test_warm_start_rejects_a_bad_anneal(tmp_path):
+    with pytest.raises(ValueError, match="anneal_steps"):
+        warm_start(tmp_path / "w", anneal_steps=-1, log=lambda m: None, **TINY)
 
 
 def test_batched_greedy_equals_one_by_one(warm_dir):

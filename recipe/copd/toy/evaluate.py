@@ -60,10 +60,10 @@ def greedy_answers(model, tokenizer, prompts: list[str], batch_size: int = 128, 
     return answers
 
 
-def greedy_accuracy(
+def greedy_scores(
     model_or_path, tokenizer, problems: list[dict], batch_size: int = 128, max_new_tokens: int = 8
-) -> float:
-    """Fraction of `problems` ({prompt, answer}) whose greedy answer gets reward 1 from `reward.compute_score`.
+) -> list[float]:
+    """Reward (1 or 0, from `reward.compute_score`) of the greedy answer to each of `problems` ({prompt, answer}).
 
     `model_or_path` is a model or an HF folder; `tokenizer` may be None for a folder (loaded from it).
     """
@@ -71,8 +71,39 @@ def greedy_accuracy(
         raise ValueError("greedy_accuracy got no problems: pass a non-empty list of {prompt, answer} dicts")
     model, tokenizer = _load(model_or_path, tokenizer)
     answers = greedy_answers(model, tokenizer, [p["prompt"] for p in problems], batch_size, max_new_tokens)
-    scores = [compute_score("copd_toy", a, p["answer"]) for a, p in zip(answers, problems, strict=True)]
+    return [float(compute_score("copd_toy", a, p["answer"])) for a, p in zip(answers, problems, strict=True)]
+
+
+def greedy_accuracy(
+    model_or_path, tokenizer, problems: list[dict], batch_size: int = 128, max_new_tokens: int = 8
+) -> float:
+    """Fraction of `problems` ({prompt, answer}) whose greedy answer gets reward 1 (see `greedy_scores`)."""
+    scores = greedy_scores(model_or_path, tokenizer, problems, batch_size, max_new_tokens)
     return sum(scores) / len(scores)
+
+
+def evaluate_scores(
+    named_paths: dict[str, str | Path],
+    test_files_or_problems: dict[str, str | Path | list[dict]],
+    batch_size: int = 128,
+    max_new_tokens: int = 8,
+) -> dict[str, dict[str, list[float]]]:
+    """Per-problem greedy scores of each named model on each skill: `{name: {skill: [0/1 per problem]}}`.
+
+    `test_files_or_problems` maps a skill to a parquet file written by `tasks.write_verl_parquet` or to a problem list.
+    Every model sees the same problems in the same order, so two models' scores pair up problem by problem.
+    """
+    problems = {
+        skill: src if isinstance(src, list) else read_problems(src) for skill, src in test_files_or_problems.items()
+    }
+    results: dict[str, dict[str, list[float]]] = {}
+    for name, path in named_paths.items():
+        model, tokenizer = _load(path, None)
+        results[name] = {
+            skill: greedy_scores(model, tokenizer, probs, batch_size, max_new_tokens)
+            for skill, probs in problems.items()
+        }
+    return results
 
 
 def evaluate_models(
@@ -81,25 +112,49 @@ def evaluate_models(
     batch_size: int = 128,
     max_new_tokens: int = 8,
 ) -> dict[str, dict[str, float]]:
-    """Greedy accuracy of each named model on each skill: `{name: {skill: acc}}`, in the given order.
+    """Greedy accuracy of each named model on each skill: `{name: {skill: acc}}`, in the given order."""
+    return accuracies(evaluate_scores(named_paths, test_files_or_problems, batch_size, max_new_tokens))
 
-    `test_files_or_problems` maps a skill to a parquet file written by `tasks.write_verl_parquet` or to a problem list.
+
+def accuracies(scores: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """`{name: {skill: mean score}}` of `evaluate_scores`' output."""
+    return {name: {skill: sum(v) / len(v) for skill, v in per.items()} for name, per in scores.items()}
+
+
+def paired_gain(scores: list[float], reference: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Mean of `scores - reference` over the same problems and its 95% half-width (normal approximation of the
+    paired difference: z * sd / sqrt(n)); a gap is larger than its CI when `abs(mean) > half_width`."""
+    if len(scores) != len(reference) or len(scores) < 2:
+        raise ValueError(
+            f"paired_gain needs two equal-length score lists of >= 2 problems, got {len(scores)} and {len(reference)}"
+        )
+    d = [a - b for a, b in zip(scores, reference, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1)
+    return mean, z * (var / n) ** 0.5
+
+
+def gains_over(scores: dict[str, dict[str, list[float]]], reference: str = "base") -> dict[str, dict[str, dict]]:
+    """Each model's paired gain over `reference` per skill: `{name: {skill: {gain, ci95, significant}}}`."""
+    ref = scores[reference]
+    out: dict[str, dict[str, dict]] = {}
+    for name, per in scores.items():
+        if name == reference:
+            continue
+        out[name] = {}
+        for skill, v in per.items():
+            gain, half = paired_gain(v, ref[skill])
+            out[name][skill] = {"gain": round(gain, 4), "ci95": round(half, 4), "significant": abs(gain) > half}
+    return out
+
+
+def format_table(results: dict[str, dict[str, float]], gains: dict[str, dict[str, dict]] | None = None) -> str:
+    """An aligned text table: one row per model (in order), one column per skill, then their plain mean.
+
+    With `gains` (from `gains_over`), a second block gives each model's gain over the reference per skill with its
+    95% CI, marked `*` where the gap is larger than its CI.
     """
-    problems = {
-        skill: src if isinstance(src, list) else read_problems(src) for skill, src in test_files_or_problems.items()
-    }
-    results: dict[str, dict[str, float]] = {}
-    for name, path in named_paths.items():
-        model, tokenizer = _load(path, None)
-        results[name] = {
-            skill: greedy_accuracy(model, tokenizer, probs, batch_size, max_new_tokens)
-            for skill, probs in problems.items()
-        }
-    return results
-
-
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """An aligned text table: one row per model (in order), one column per skill, then their plain mean."""
     seen = {s for accs in results.values() for s in accs}
     skills = [s for s in SKILLS if s in seen] + sorted(seen - set(SKILLS))
     width = max([len("model")] + [len(name) for name in results])
@@ -109,4 +164,12 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
         values = [accs.get(s, float("nan")) for s in skills]
         mean = sum(values) / len(values) if values else float("nan")
         lines.append(" | ".join([f"{name:<{width}}"] + [f"{v:>6.3f}" for v in [*values, mean]]))
+    if gains:
+        lines += ["", "gain over base on the same problems, +-95% CI (* = larger than its CI):"]
+        for name, per in gains.items():
+            cells = []
+            for s in skills:
+                g = per.get(s)
+                cells.append(f"{s} {g['gain']:+.3f} +-{g['ci95']:.3f}{'*' if g['significant'] else ' '}" if g else "")
+            lines.append(" | ".join([f"{name:<{width}}"] + cells))
     return "\n".join(lines)

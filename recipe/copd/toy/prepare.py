@@ -13,18 +13,28 @@ from recipe.copd.run_config import ToyConfig
 REWARD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reward.py")
 
 
+def build_toy_inputs(workdir: str, toy: ToyConfig) -> tuple[dict, str]:
+    """The toy's data files `{skill: {split: path}}` and warm-started model folder under `workdir` (cached)."""
+    from recipe.copd.toy.tasks import build_toy_data
+    from recipe.copd.toy.warmstart import warm_start
+
+    files = build_toy_data(
+        os.path.join(workdir, "data"), n_train=toy.n_train, n_val=toy.n_val, n_test=toy.n_test, seed=toy.seed
+    )
+    model = warm_start(
+        os.path.join(workdir, "model"), steps=toy.warm_start_steps, time_budget_s=toy.warm_start_time_s, seed=toy.seed
+    )
+    return files, str(model)
+
+
 def prepare_toy(config: DictConfig, toy: ToyConfig) -> dict:
     """Build (or find cached) the toy's data and model; point every branch at its skill. Returns the data files."""
     from transformers.utils import logging as hf_logging
 
-    from recipe.copd.toy.tasks import build_toy_data
-    from recipe.copd.toy.warmstart import warm_start
-
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load otherwise
     workdir = os.path.abspath(toy.workdir)
     t0 = time.time()
-    files = build_toy_data(os.path.join(workdir, "data"), n_train=toy.n_train, n_val=toy.n_val, n_test=toy.n_test)
-    model = warm_start(os.path.join(workdir, "model"), steps=toy.warm_start_steps)
+    files, model = build_toy_inputs(workdir, toy)
     print(f"[copd] toy task and warm-started model ready in {time.time() - t0:.1f}s ({workdir})", flush=True)
     with open_dict(config):
         for branch in config.copd.branches:

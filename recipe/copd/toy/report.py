@@ -25,7 +25,7 @@ def toy_report(config: DictConfig, copd: CoPDConfig, result: dict, files: dict, 
     from transformers.utils import logging as hf_logging
 
     from recipe.copd.plots import plot_training
-    from recipe.copd.toy.evaluate import evaluate_models, format_table
+    from recipe.copd.toy.evaluate import accuracies, evaluate_scores, format_table, gains_over
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load otherwise
     out = config.trainer.default_local_dir
@@ -35,12 +35,20 @@ def toy_report(config: DictConfig, copd: CoPDConfig, result: dict, files: dict, 
         models["plain average (no OPD)"] = result["baseline_average"]
     models["CoPD merged"] = result["merged"]
     tests = {skill: paths["test"] for skill, paths in files.items()}
-    table = evaluate_models(models, tests)
-    text = format_table(table)
+    scores = evaluate_scores(models, tests)
+    table, gains = accuracies(scores), gains_over(scores, "base")
+    text = format_table(table, gains)
     # schedule spans count steps from 0 (end exclusive); logged steps are 1-based: step s is schedule step s-1
     phases = [(c, ph, start + 0.5, end + 0.5) for c, ph, start, end in result.get("phases", [])]
     pngs = plot_training(os.path.join(out, "metrics.jsonl"), out, phases=phases)
-    summary = {"accuracy": table, "wall_time_s": seconds, "plots": [str(p) for p in pngs], **result}
+    summary = {
+        "accuracy": table,
+        "gain_over_base": gains,
+        "n_test": {s: len(v) for s, v in scores["base"].items()},
+        "wall_time_s": seconds,
+        "plots": [str(p) for p in pngs],
+        **result,
+    }
     tmp = os.path.join(out, "summary.json.tmp")
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=1, default=str)

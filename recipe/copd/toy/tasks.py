@@ -1,8 +1,25 @@
-"""The embedded default's two skills: 2-digit addition ("37+45=") and 2-digit x 1-digit multiplication ("37*6=").
+"""The embedded default's two skills: 2-digit addition ("37+45=") and 3-digit x 1-digit multiplication ("374*6="),
+each with its verifier's answer format: addition answers plain ("82"), multiplication answers with a closing period
+("2244."). The reward is an exact match of that string.
 
-Each skill's operand pairs are split once, by a hash of the pair, into disjoint train / val / test pools that do not
-depend on the seed, so no seed can leak a test pair into training. The seed only picks and orders problems inside a
-pool. The parquet files follow the layout verl's `RLHFDataset` reads (chat-list prompt, rule ground truth).
+Why formats: on this tiny model, GRPO from a settled warm start improves the arithmetic itself by ~0.02 in 20 steps
+(docs/LOG.md, 2026-12-03), far less than the seed noise of a short run. What RL does learn within minutes is which
+answer style each skill's verifier wants, and that is where the skills compete: the warm start (`warm_problems`)
+shows both styles on both skills, picked by an incidental feature of the prompt (a closing period mostly when the
+first operand ends in 0, 1 or 2: `WARM_DOT_DIGITS`, `WARM_STYLE_P`), so the base model answers addition in the wrong
+style on ~30% of prompts and multiplication on ~70%. RL on one skill moves the style of both (the model shares one
+answer head), so training addition lowers multiplication and the reverse: the two skills trade off, as the paper's
+domains do through their answer formats. Gains generalise: the style is learned on train prompts and measured on
+held-out ones.
+
+Each skill's operand pairs are split once, by a hash of the pair, into disjoint pools that do not depend on the seed,
+so no seed can leak a test pair into training: `warm` (the supervised warm start's problems), `train` (the RL
+prompts), `val` and `test`. The spaces are far larger than what training sees (addition 8,100 pairs, multiplication
+7,200; test pools of ~2,000 and ~1,800), so held-out accuracy measures what generalises, not memorised pairs (the
+first toy's 2-digit x 1-digit multiplication had 720 pairs and its train reward was 0.96-1.0 from the first RL step).
+The seed picks and orders problems inside the train and warm pools; val and test problems are the same for every
+seed, so runs over seeds are scored on one held-out set. The parquet files follow the layout verl's `RLHFDataset`
+reads (chat-list prompt, rule ground truth).
 """
 
 from __future__ import annotations
@@ -16,12 +33,19 @@ from pathlib import Path
 import pandas as pd
 
 SKILLS = ("add", "mul")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "warm")
+FIXED_SPLITS = ("val", "test")  # drawn with one seed (0) whatever the run's seed: one held-out set for all runs
 # Operand ranges per skill: (first operand range, second operand range, operator).
-_OPERANDS = {"add": (range(10, 100), range(10, 100), "+"), "mul": (range(10, 100), range(2, 10), "*")}
-# Hash bucket (0-99) bounds of each split: test [0, 25), val [25, 35), train [35, 100).
-_SPLIT_BUCKETS = {"test": (0, 25), "val": (25, 35), "train": (35, 100)}
-_DATA_VERSION = 1  # bump when the problem generator changes, so cached parquet files are rebuilt
+_OPERANDS = {"add": (range(10, 100), range(10, 100), "+"), "mul": (range(100, 1000), range(2, 10), "*")}
+# Hash bucket (0-99) bounds of each split: test [0, 25), val [25, 35), warm [35, 65), train [65, 100).
+_SPLIT_BUCKETS = {"test": (0, 25), "val": (25, 35), "warm": (35, 65), "train": (65, 100)}
+#: The closing string of each skill's answers, as its verifier (the exact-match reward) wants them.
+ANSWER_SUFFIX = {"add": "", "mul": "."}
+#: The warm start's answer style: a closing period with probability WARM_STYLE_P when the first operand's last digit
+#: is in WARM_DOT_DIGITS, with probability 1 - WARM_STYLE_P otherwise (whatever the skill).
+WARM_DOT_DIGITS = (0, 1, 2)
+WARM_STYLE_P = 0.7
+_DATA_VERSION = 3  # bump when the problem generator changes, so cached parquet files are rebuilt
 
 
 def _check(skill: str, split: str) -> None:
@@ -45,20 +69,38 @@ def operand_pool(skill: str, split: str) -> list[tuple[int, int]]:
 
 
 def problem(skill: str, x: int, y: int) -> dict:
-    """One problem: the prompt text ("37+45=") and the exact answer string ("82")."""
+    """One problem: the prompt text ("37+45=", "374*6=") and the exact answer in the skill's format ("82", "2244.")."""
     _, _, op = _OPERANDS[skill]
     answer = x + y if skill == "add" else x * y
-    return {"prompt": f"{x}{op}{y}=", "answer": str(answer)}
+    return {"prompt": f"{x}{op}{y}=", "answer": f"{answer}{ANSWER_SUFFIX[skill]}"}
+
+
+def answer_value(answer: str) -> str:
+    """An answer without its style (whitespace and a closing period stripped): "2244." -> "2244"."""
+    return answer.strip().removesuffix(".")
+
+
+def warm_problems(skill: str, n: int, seed: int) -> list[dict]:
+    """`n` problems of the `warm` pool with answers in the warm start's mixed style (see the module docstring): the
+    value, then "." or nothing, drawn per problem with a seeded generator."""
+    rng = random.Random(f"{seed}:{skill}:warm-style")
+    out = []
+    for p in make_problems(skill, n, seed, "warm"):
+        x = int(p["prompt"].split(_OPERANDS[skill][2])[0])
+        p_dot = WARM_STYLE_P if x % 10 in WARM_DOT_DIGITS else 1 - WARM_STYLE_P
+        out.append({"prompt": p["prompt"], "answer": answer_value(p["answer"]) + ("." if rng.random() < p_dot else "")})
+    return out
 
 
 def make_problems(skill: str, n: int, seed: int, split: str) -> list[dict]:
-    """`n` problems of `skill` from `split`'s pool, deterministic in (skill, n, seed, split).
+    """`n` problems of `skill` from `split`'s pool, deterministic in (skill, n, seed, split); val and test ignore
+    `seed` (`FIXED_SPLITS`).
 
     Pairs are drawn without replacement; when `n` exceeds the pool, further shuffled passes over the pool follow, so
     every pair appears either floor(n / pool) or ceil(n / pool) times.
     """
     pool = operand_pool(skill, split)
-    rng = random.Random(f"{seed}:{skill}:{split}")
+    rng = random.Random(f"{0 if split in FIXED_SPLITS else seed}:{skill}:{split}")
     pairs: list[tuple[int, int]] = []
     while len(pairs) < n:
         pairs += rng.sample(pool, len(pool))
@@ -99,12 +141,13 @@ def read_problems(path: str | Path) -> list[dict]:
 
 
 def _file_hash(skill: str, n: int, seed: int, split: str) -> str:
+    seed = 0 if split in FIXED_SPLITS else seed
     args = {"skill": skill, "n": n, "seed": seed, "split": split, "version": _DATA_VERSION}
     return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_toy_data(
-    out_dir: str | Path, n_train: int = 2000, n_val: int = 200, n_test: int = 300, seed: int = 0
+    out_dir: str | Path, n_train: int = 2000, n_val: int = 200, n_test: int = 1000, seed: int = 0
 ) -> dict[str, dict[str, Path]]:
     """Write {add, mul} x {train, val, test} parquet files as `{out_dir}/{skill}_{split}.parquet`.
 

@@ -3,13 +3,14 @@
 A skill whose greedy accuracy starts below ~15% does not improve under GRPO here (see
 shared/docs/offline-models-and-data.md), so the base model of the embedded default is first trained by next-token
 cross-entropy on chat-formatted `prompt + answer + <|im_end|>`, with the loss on the answer and end tokens only, over
-the two skills' TRAIN problems mixed `mix` = add:mul. It stops early on purpose, at the first validation check where
-every skill reached its target greedy accuracy, so that both stay imperfect and RL and distillation have something to
-do. Measured at the defaults (seed 0): stop at step 775, held-out greedy accuracy add 0.46, mul 0.43. Addition is
-learned late and abruptly (about 0.05 -> 0.7 within 150 steps), which is why the stop is driven by accuracy, not by a
-fixed step count. Multiplication has only 720 operand pairs (471 in TRAIN): the model memorises them (train accuracy
-0.92 at the stop, 0.81 when sampled at temperature 1) while generalising to held-out pairs more slowly.
-The result is an HF folder cached by a hash of its arguments.
+the two skills' WARM problems (`tasks.warm_problems`: answers in the mixed style the RL then has to sort out) mixed
+`mix` = add:mul. Training stops on accuracy, not on a step count: at the first validation check where every skill's
+answer VALUE (style ignored) reached its target greedy accuracy, the learning rate decays linearly to 0 over
+`anneal_steps` and training ends (stopping mid-descent instead leaves a model that any small update improves on
+every skill, which hides what RL learns: docs/LOG.md, 2026-12-03). Addition is learned late and abruptly (about
+0.05 -> 0.7 within 150 steps), so a fixed step count would land on either side of that jump depending on the seed
+and machine; a time budget bounds the whole run on slow machines (it starts the anneal early). Measured (seed 0,
+2 threads, quiet machine): see docs/LOG.md. The result is an HF folder cached by a hash of its arguments.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from recipe.copd.toy.evaluate import chat_prompt_ids, greedy_accuracy
-from recipe.copd.toy.tasks import SKILLS, make_problems, operand_pool
+from recipe.copd.toy.evaluate import chat_prompt_ids, greedy_accuracy, greedy_answers
+from recipe.copd.toy.tasks import SKILLS, answer_value, make_problems, operand_pool, warm_problems
 
 MANIFEST = "copd_warmstart.json"
-_WARMSTART_VERSION = 1  # bump when the recipe below changes, so cached folders are rebuilt
+_WARMSTART_VERSION = 3  # bump when the recipe below changes, so cached folders are rebuilt
 IGNORE = -100  # label of tokens without loss (prompt, padding), as in transformers' causal LM loss
 
 
@@ -90,7 +91,18 @@ def batch_counts(batch_size: int, weights: dict[str, float]) -> dict[str, int]:
 
 
 def _val_accuracy(model, tokenizer, val: dict[str, list[dict]]) -> dict[str, float]:
+    """Greedy accuracy of the exact answer (value and the skill's format: the reward)."""
     return {skill: round(greedy_accuracy(model, tokenizer, problems), 4) for skill, problems in val.items()}
+
+
+def value_accuracy(model, tokenizer, val: dict[str, list[dict]]) -> dict[str, float]:
+    """Greedy accuracy of the answer's value, whatever its style ("2244" and "2244." both count for "2244.")."""
+    accs = {}
+    for skill, problems in val.items():
+        answers = greedy_answers(model, tokenizer, [p["prompt"] for p in problems])
+        hits = [answer_value(a) == answer_value(p["answer"]) for a, p in zip(answers, problems, strict=True)]
+        accs[skill] = round(sum(hits) / len(hits), 4)
+    return accs
 
 
 def _sgd_step(model, optimizer, batch: dict[str, torch.Tensor], lr: float) -> float:
@@ -109,37 +121,53 @@ def _sgd_step(model, optimizer, batch: dict[str, torch.Tensor], lr: float) -> fl
 def _train(model, tokenizer, args: dict, log: Callable[[str], None]) -> dict:
     """The supervised loop; returns the training record stored in the manifest.
 
-    Every `eval_every` steps the greedy accuracy of each skill on VAL problems is measured; the run stops early once
-    every skill reached its `target_acc`. All skills stay in every batch (a skill left out is forgotten within a few
-    hundred steps), so the stop catches the fast skill while it is still imperfect.
+    Every `eval_every` steps the greedy accuracy of each skill's answer value on VAL problems is measured; once every
+    skill reached its `target_acc` (or the time budget is spent) the learning rate decays linearly to 0 over
+    `anneal_steps` and the run ends. All skills stay in every batch (a skill left out is forgotten within a few
+    hundred steps).
     """
     seed, targets = args["seed"], args["target_acc"]
-    pools = {skill: make_problems(skill, len(operand_pool(skill, "train")), seed, "train") for skill in SKILLS}
+    pools = {skill: warm_problems(skill, len(operand_pool(skill, "warm")), seed) for skill in SKILLS}
     examples = {skill: encode_examples(tokenizer, problems) for skill, problems in pools.items()}
     val = {skill: make_problems(skill, args["n_val"], seed, "val") for skill in SKILLS}
     counts = batch_counts(args["batch_size"], dict(zip(SKILLS, args["mix"], strict=True)))
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.01, betas=(0.9, 0.98))
     start, curve, accs, steps_done = time.monotonic(), [], {}, 0
+    anneal_from, reached_at, lr = None, None, args["lr"]  # (step, lr) where the anneal began
     while steps_done < args["steps"]:
-        if args["time_budget_s"] is not None and time.monotonic() - start > args["time_budget_s"]:
-            log(f"[warm start] time budget {args['time_budget_s']} s reached after {steps_done} steps")
+        if anneal_from is not None and steps_done >= anneal_from[0] + args["anneal_steps"]:
             break
+        budget = args["time_budget_s"]
+        if anneal_from is None and budget is not None and time.monotonic() - start > budget:
+            log(f"[warm start] time budget {budget} s reached after {steps_done} steps: annealing now")
+            anneal_from = (steps_done, lr)
         idx = {s: torch.randint(len(examples[s]), (n,), generator=gen).tolist() for s, n in counts.items()}
         batch = collate([examples[s][i] for s in SKILLS for i in idx[s]], tokenizer.pad_token_id)
-        lr = lr_at(steps_done, args["steps"], args["lr"], warmup=max(1, args["steps"] // 20))
+        if anneal_from is None:
+            lr = lr_at(steps_done, args["steps"], args["lr"], warmup=max(1, args["steps"] // 20))
+        else:  # linear decay to 0 over anneal_steps: the model settles instead of stopping mid-descent
+            first, lr0 = anneal_from
+            lr = lr0 * (first + args["anneal_steps"] - steps_done) / args["anneal_steps"]
         curve.append(round(_sgd_step(model, optimizer, batch, lr), 5))
         steps_done += 1
-        if targets is not None and steps_done % args["eval_every"] == 0:
-            accs = _val_accuracy(model, tokenizer, val)
-            log(f"[warm start] step {steps_done} loss {curve[-1]:.4f} val {accs} ({time.monotonic() - start:.1f} s)")
+        if targets is not None and anneal_from is None and steps_done % args["eval_every"] == 0:
+            accs = value_accuracy(model, tokenizer, val)
+            took = time.monotonic() - start
+            log(f"[warm start] step {steps_done} loss {curve[-1]:.4f} val (value) {accs} ({took:.1f} s)")
             if all(accs[s] >= t for s, t in zip(SKILLS, targets, strict=True)):
-                break
+                reached_at, anneal_from = steps_done, (steps_done, lr)
+                n = args["anneal_steps"]
+                log(f"[warm start] targets {list(targets)} reached at step {steps_done}: annealing {n} steps")
+                if args["anneal_steps"] == 0:
+                    break
     elapsed = round(time.monotonic() - start, 2)
     return {
+        "target_reached_at": reached_at,
         "steps_done": steps_done,
         "elapsed_s": elapsed,
         "val_accuracy": _val_accuracy(model, tokenizer, val),
+        "val_value_accuracy": value_accuracy(model, tokenizer, val),
         "loss_curve": curve,
     }
 
@@ -161,7 +189,7 @@ def _save_atomically(model, tokenizer, out_dir: Path, manifest: dict) -> None:
 def warm_start(
     out_dir: str | Path,
     *,
-    steps: int = 1000,
+    steps: int = 1500,
     lr: float = 2e-3,
     batch_size: int = 64,
     mix: tuple[int, int] = (1, 2),
@@ -169,7 +197,8 @@ def warm_start(
     hidden_size: int = 128,
     num_layers: int = 4,
     intermediate_size: int | None = 256,
-    target_acc: tuple[float, float] | None = (0.4, 0.2),
+    target_acc: tuple[float, float] | None = (0.6, 0.3),
+    anneal_steps: int = 100,
     eval_every: int = 25,
     n_val: int = 200,
     threads: int = 2,
@@ -180,14 +209,16 @@ def warm_start(
     HF folder (model, tokenizer, generation config, manifest `copd_warmstart.json`) at `out_dir`, atomically.
 
     steps: the most optimizer steps (the cosine schedule spans them; the target stop usually comes first).
+    anneal_steps: steps of linear learning-rate decay to 0 after the targets (or the time budget) are reached.
     lr: peak AdamW learning rate (5% linear warm-up, cosine decay to lr / 10).
     batch_size: sequences per step, split between the skills by `mix`.
     mix: (add, mul) weights of the batch.
     seed: seeds the weights and the batch sampling (problems and splits are fixed per seed in `tasks`).
     hidden_size, num_layers, intermediate_size: the tiny Qwen3's size (heads: hidden / 32, kv heads: hidden / 64).
-    target_acc: (add, mul) greedy VAL accuracies at which training stops; None trains all `steps`.
+    target_acc: (add, mul) greedy VAL accuracies of the answer value at which the anneal starts; None trains all
+    `steps`.
     eval_every: steps between validation checks. n_val: VAL problems per skill per check.
-    threads: torch CPU threads. time_budget_s: stop after this many seconds of training (None: no limit).
+    threads: torch CPU threads. time_budget_s: start the anneal after this many seconds of training (None: no limit).
     log: where progress lines go.
 
     Cached: when `out_dir` holds a manifest whose argument hash matches, returns at once. `threads` and `log` are left
@@ -208,6 +239,7 @@ def warm_start(
         num_layers=num_layers,
         intermediate_size=intermediate_size,
         target_acc=target_acc,
+        anneal_steps=anneal_steps,
         eval_every=eval_every,
         n_val=n_val,
         time_budget_s=time_budget_s,
@@ -219,6 +251,8 @@ def warm_start(
         return out_dir
     if out_dir.exists() and manifest is None and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not a warm start folder (no {MANIFEST}): pick another out_dir")
+    if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, int) or anneal_steps < 0:
+        raise ValueError(f"anneal_steps={anneal_steps!r} must be an integer >= 0")
     if len(mix) != 2 or min(mix) < 0 or sum(mix) <= 0:
         raise ValueError(f"mix={mix} must be two non-negative weights (add, mul) with a positive sum, e.g. (1, 2)")
 
