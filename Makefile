@@ -3,6 +3,7 @@
 #   make test   set up .venv and run the test suite (what CI runs)
 #   make rehearse  every preset of configs/ shrunk (tiny Qwen3-VL, fixtures) through the real trainer on CPU;
 #                  report in outputs/rehearsal/report.md (python -m recipe.copd.rehearse --help)
+#   make compare   the paper's comparison in miniature, 3 seeds (python -m recipe.copd.compare --help)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU torch goes in first so that nothing pulls a CUDA build on a machine without a GPU.
@@ -12,7 +13,7 @@ PIP_TORCH_ARGS ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := dev
 
-.PHONY: setup demo test rehearse lint bench clean
+.PHONY: setup demo test rehearse compare lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +32,9 @@ test: setup
 
 rehearse: setup
 	OMP_NUM_THREADS=1 $(PY) -m recipe.copd.rehearse --out outputs/rehearsal
+
+compare: setup
+	OMP_NUM_THREADS=1 $(PY) -m recipe.copd.compare --seeds 3 --out outputs/compare
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -20,7 +20,9 @@ from verl.workers.rollout.replica import TokenOutput
 from verl_patches.hf_rollout.generation import SamplingParams, generate_batch, resolve_max_tokens
 from verl_patches.overrides import HF_THREADS_ENV
 
-#: Env knob: how long (ms) the batcher waits for more requests after the last one arrived.
+#: Env knob: how long (ms) the batcher waits for more requests after the last one arrived (default 40: verl's agent
+#: loop sends a step's requests one by one, each after a load-balancer round trip; with 10 ms the toy's 128 requests
+#: reached `generate` in 2-5 batches, with 40 ms in one, and `gen` went 2.0-2.9 -> 1.7-2.5 s, docs/LOG.md 2026-12-03).
 BATCH_WAIT_ENV = "VERL_PATCHES_HF_BATCH_WAIT_MS"
 #: Env knob: "1" prints one line per generated batch (size, seconds) to the server's log.
 LOG_BATCHES_ENV = "VERL_PATCHES_HF_LOG_BATCHES"
@@ -65,7 +67,7 @@ class HFServer:
         self.processor = self.model_config.processor
         self.eos_ids, self.pad_id = self._stop_ids()
         self.max_batch = max(1, self.config.max_num_seqs)
-        self.batch_wait_s = float(os.environ.get(BATCH_WAIT_ENV, "10")) / 1000
+        self.batch_wait_s = float(os.environ.get(BATCH_WAIT_ENV, "40")) / 1000
         self.global_steps = None
         self._model_lock = threading.Lock()  # generation and weight loads never overlap
         self._queue: list[_Request] = []
