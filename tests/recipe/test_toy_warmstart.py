@@ -96,6 +96,16 @@ def test_warm_start_stops_early_at_targets(tmp_path):
     assert annealed["target_reached_at"] == 3 and annealed["steps_done"] == 7
 
 
+def test_warm_start_warns_when_it_stops_short_of_its_targets(tmp_path):
+    lines = []
+    kw = dict(target_acc=(1.0, 1.0), eval_every=3, n_val=4, anneal_steps=0, log=lines.append, **TINY)
+    manifest = read_manifest(warm_start(tmp_path / "w", **kw))
+    assert manifest["target_reached_at"] is None
+    assert sum("warning: stopped before its targets" in line for line in lines) == 1
+    warm_start(tmp_path / "w", **kw)  # the cache hit says it again
+    assert sum("warning: stopped before its targets" in line for line in lines) == 2
+
+
 def test_warm_start_rejects_a_bad_anneal(tmp_path):
     with pytest.raises(ValueError, match="anneal_steps"):
         warm_start(tmp_path / "w", anneal_steps=-1, log=lambda m: None, **TINY)

@@ -248,6 +248,7 @@ def warm_start(
     manifest = read_manifest(out_dir) if out_dir.exists() else None
     if manifest is not None and manifest.get("hash") == digest:
         log(f"[warm start] cache hit: {out_dir} (hash {digest})")
+        _warn_if_short(manifest, target_acc, log)
         return out_dir
     if out_dir.exists() and manifest is None and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not a warm start folder (no {MANIFEST}): pick another out_dir")
@@ -275,4 +276,15 @@ def warm_start(
         model.eval(), tokenizer, out_dir, {"hash": digest, "args": args, "num_params": num_params, **record}
     )
     log(f"[warm start] saved {out_dir} after {record['steps_done']} steps in {record['elapsed_s']} s")
+    _warn_if_short(record, target_acc, log)
     return out_dir
+
+
+def _warn_if_short(record: dict, target_acc, log) -> None:
+    """One warning line when the warm start stopped (time budget or step cap) before its accuracy targets."""
+    if target_acc is not None and record.get("target_reached_at") is None:
+        log(
+            f"[warm start] warning: stopped before its targets {list(target_acc)} (val value accuracy "
+            f"{record.get('val_value_accuracy')}): the base is weak and RL gets little signal; on a busy or slow "
+            "machine raise copd.run.toy.warm_start_time_s (or warm_start_steps)"
+        )
