@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from copd.stats import t_975
 from copd.tiny.char_tokenizer import build_char_tokenizer
 from recipe.copd.toy.evaluate import accuracies, chat_prompt_ids, format_table, gains_over, left_pad, paired_gain
 from recipe.copd.toy.reward import compute_score, extract_answer
@@ -196,7 +197,7 @@ def test_paired_gain_and_table_marks():
     gain, half = paired_gain(better, base)
     assert gain == 0.5 and 0.0 < half < 0.05
     gain, half = paired_gain(noisy, base)
-    assert gain == 0.0 and abs(half - 1.96 * (1.0 / 999) ** 0.5) < 1e-9  # d = +-1: sample variance 1000/999
+    assert gain == 0.0 and abs(half - t_975(999) * (1.0 / 999) ** 0.5) < 1e-9  # d = +-1: variance 1000/999
     with pytest.raises(ValueError, match="equal-length"):
         paired_gain([1.0], [1.0, 0.0])
     scores = {"base": {"add": base}, "better": {"add": better}, "noisy": {"add": noisy}}

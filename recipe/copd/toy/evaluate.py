@@ -121,18 +121,18 @@ def accuracies(scores: dict[str, dict[str, list[float]]]) -> dict[str, dict[str,
     return {name: {skill: sum(v) / len(v) for skill, v in per.items()} for name, per in scores.items()}
 
 
-def paired_gain(scores: list[float], reference: list[float], z: float = 1.96) -> tuple[float, float]:
-    """Mean of `scores - reference` over the same problems and its 95% half-width (normal approximation of the
-    paired difference: z * sd / sqrt(n)); a gap is larger than its CI when `abs(mean) > half_width`."""
+def paired_gain(scores: list[float], reference: list[float]) -> tuple[float, float]:
+    """Mean of `scores - reference` over the same problems and its 95% half-width (`copd.stats.seed_ci` with the
+    problem as the unit: Student t over the per-problem differences); a gap is larger than its CI when
+    `abs(mean) > half_width`."""
+    from copd.stats import seed_ci
+
     if len(scores) != len(reference) or len(scores) < 2:
         raise ValueError(
             f"paired_gain needs two equal-length score lists of >= 2 problems, got {len(scores)} and {len(reference)}"
         )
-    d = [a - b for a, b in zip(scores, reference, strict=True)]
-    n = len(d)
-    mean = sum(d) / n
-    var = sum((x - mean) ** 2 for x in d) / (n - 1)
-    return mean, z * (var / n) ** 0.5
+    est = seed_ci([a - b for a, b in zip(scores, reference, strict=True)])
+    return est.mean, est.half
 
 
 def gains_over(scores: dict[str, dict[str, list[float]]], reference: str = "base") -> dict[str, dict[str, dict]]:
