@@ -300,6 +300,46 @@ def _proportionate_replay_buffer_poll() -> bool:
     return True
 
 
+#: fp32 log-prob rows per `logsumexp` call on CPU: a chunk's temporaries stay under this many elements (64 MiB).
+LOGSUMEXP_CHUNK_ELEMS = 1 << 24
+
+
+def batch_logprobs_on_cpu() -> bool:
+    """Compute `logprobs_from_logits_v2`'s fp32 log-partition in row chunks instead of one row at a time, on CPU.
+
+    Why: without flash-attn's cross entropy (never on CPU) verl's `logprobs_from_logits` falls back to
+    `logprobs_from_logits_v2`, which for fp32 logits calls `torch.logsumexp` once per row of the batch (a Python
+    loop that bounds peak GPU memory). On CPU the loop, not the arithmetic, was 18% of a toy `compute_log_prob` call
+    and 10% of an update (py-spy, docs/LOG.md 2026-12-03). Here the rows go in chunks of at most
+    `LOGSUMEXP_CHUNK_ELEMS` logits, so the memory bound stays and the result is bitwise the same (the same
+    reduction per row; tested). bf16/fp16 logits and 1-D inputs take verl's own path.
+    """
+    if not is_cpu():
+        return False
+    return _when_imported("verl.utils.torch_functional", _chunked_logprobs_from_logits_v2)
+
+
+def _chunked_logprobs_from_logits_v2() -> bool:
+    import torch
+
+    module = sys.modules["verl.utils.torch_functional"]
+    original = _target("verl.utils.torch_functional", "logprobs_from_logits_v2")
+    if getattr(original, MARK, False):
+        return False
+
+    @functools.wraps(original)
+    def logprobs_from_logits_v2(logits, labels):
+        if logits.dtype not in (torch.float32, torch.float64) or logits.dim() < 2 or len(logits) == 0:
+            return original(logits, labels)
+        rows = max(1, LOGSUMEXP_CHUNK_ELEMS // max(1, logits[0].numel()))
+        logsumexp_values = torch.cat([torch.logsumexp(chunk, dim=-1) for chunk in logits.split(rows)])
+        return torch.gather(logits, dim=-1, index=labels.unsqueeze(-1)).squeeze(-1) - logsumexp_values
+
+    setattr(logprobs_from_logits_v2, MARK, True)
+    module.logprobs_from_logits_v2 = logprobs_from_logits_v2
+    return True
+
+
 def register_hf_rollout() -> bool:
     """Register the `hf` rollout: `RolloutReplicaRegistry` ("hf" -> HFReplica) and the adapter registry
     `_ROLLOUT_REGISTRY[("hf", "async")]` (-> HFServerAdapter). Additive: also active on GPU."""
@@ -327,6 +367,7 @@ ALL_PATCHES = (
     patch_process_group_backend,
     patch_resource_pools,
     patch_replay_buffer_poll,
+    batch_logprobs_on_cpu,
     register_hf_rollout,
     provide_qwen_vl_utils_without_torchvision,  # verl_patches/vision_cpu.py
 )

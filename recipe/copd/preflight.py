@@ -64,6 +64,38 @@ def check_inputs(config: DictConfig, copd: CoPDConfig) -> None:
         raise ValueError(f"actor_rollout_ref.model.path is not a folder: {model}")
 
 
+def check_micro_batches(config: DictConfig, copd: CoPDConfig, run) -> None:
+    """Without dynamic batch sizes verl splits a pass into micro-batches of a fixed size and asserts that the rows
+    divide evenly: a branch's native rows (n x data.train_batch_size) and each cross batch's rows
+    (n x cross batch) must be multiples of the micro-batch sizes times the branch's data-parallel ranks. Checked
+    here so the run stops before Ray starts, with the numbers, instead of inside the first update."""
+    actor, rollout, trainer = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout, config.trainer
+    if actor.get("use_dynamic_bsz", False):
+        return
+    ranks = int(trainer.n_gpus_per_node) * int(trainer.nnodes)
+    if copd.placement == "split":
+        ranks //= max(1, len(copd.branches))
+    n, native = int(rollout.n), int(config.data.train_batch_size)
+    cross = run.cross_batch_size or native
+    micro = {
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": actor.get("ppo_micro_batch_size_per_gpu"),
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": rollout.get("log_prob_micro_batch_size_per_gpu"),
+    }
+    rows = {"native": n * native}
+    if copd.pairs:
+        rows["cross"] = n * cross
+    for key, size in micro.items():
+        if size is None:
+            continue
+        for what, count in rows.items():
+            if count % (int(size) * max(1, ranks)):
+                raise ValueError(
+                    f"{key}={size} does not divide a step's {what} rows ({count} = rollout.n {n} x "
+                    f"{'data.train_batch_size' if what == 'native' else 'the cross batch'} "
+                    f"{count // n}) over {max(1, ranks)} rank(s): verl needs whole micro-batches; pick a divisor"
+                )
+
+
 def prepare(config: DictConfig) -> Prepared:
     """Validate, build the toy if it is the run (cached), and fill in what the run needs; ``config`` is updated."""
     from recipe.copd.agent_loop import register_agent_loop
@@ -81,6 +113,7 @@ def prepare(config: DictConfig) -> Prepared:
         toy_files = prepare_toy(config, run.toy)
     copd = copd_config_from(config)
     check_inputs(config, copd)
+    check_micro_batches(config, copd, run)
     check_data_and_models(config, copd)  # opens every data file and model folder
     apply_platform(config)  # verl_patches before any verl worker module is imported
     register_agent_loop(config)

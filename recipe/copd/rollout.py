@@ -59,8 +59,10 @@ class BranchRollout:
         return [self.batch.keys[i] for i in self.rows_of(teacher)]
 
     def mask_rows(self, rows: list[int]) -> torch.Tensor:
-        """The nested response mask of some rows."""
-        return torch.nested.as_nested_tensor([self.response_mask_B_T[i] for i in rows], layout=torch.jagged)
+        """The nested response mask of some rows (one ``unbind``: indexing a jagged tensor row by row costs ~3 ms a
+        row on CPU, 0.4 s for a 128-row cross batch)."""
+        parts = self.response_mask_B_T.unbind()
+        return torch.nested.as_nested_tensor([parts[i] for i in rows], layout=torch.jagged)
 
     def subbatch_ids(self, teachers: list[str]) -> torch.Tensor:
         """(B,) sub-batch id per row for the ``per_batch`` weighting: 0 native, 1 + i for ``teachers[i]``."""

@@ -42,6 +42,9 @@ class RunConfig:
     # they stay in Ray's session logs (/tmp/ray/session_latest/logs) and the console shows one line per step
     inline_reward: bool | str = "auto"  # score rule rewards in the agent-loop worker (verl's RewardLoopWorker in
     # that process) instead of one Ray call per sample to the reward workers; auto: on CPU only
+    concurrent_rollouts: bool | str = "auto"  # every branch generates at once (one wake, one sample of the replay
+    # buffer) instead of one after another; auto: with copd.placement=split (disjoint devices) or the hf rollout
+    # (its servers hold their own weights); colocated vLLM servers take turns (they share the GPUs' memory)
     toy: ToyConfig = field(default_factory=ToyConfig)  # the embedded default
 
     def __post_init__(self):
@@ -53,6 +56,8 @@ class RunConfig:
                 raise ValueError(f"copd.run.{name}={getattr(self, name)!r} must be true or false")
         if self.inline_reward not in (True, False, "auto"):
             raise ValueError(f"copd.run.inline_reward={self.inline_reward!r} must be true, false or auto")
+        if self.concurrent_rollouts not in (True, False, "auto"):
+            raise ValueError(f"copd.run.concurrent_rollouts={self.concurrent_rollouts!r} must be true, false or auto")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> RunConfig:

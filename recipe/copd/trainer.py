@@ -29,6 +29,7 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import tensordict_utils as tu
+from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from copd.advantages import register_copd_adv_est, teacher_looks_uniform
@@ -40,7 +41,7 @@ from recipe.copd.branch import BranchTrainer, PromptStream, branch_config
 from recipe.copd.finish import export_branches, merge_branches
 from recipe.copd.metrics import MetricsSink, ProgressLog, progress_line
 from recipe.copd.minibatch import interleaved_order
-from recipe.copd.rollout import BranchRollout
+from recipe.copd.rollout import BranchRollout, uid_of_key
 from recipe.copd.run_config import RunConfig
 from recipe.copd.setup import build_branch_components
 from recipe.copd.worker import PROBE_KEY, TOPK_KEY
@@ -122,16 +123,14 @@ class CoPDTrainer(PPOTrainerSync):
         t0 = time.time()
         for b in self.branches.values():
             b.global_steps = self.global_steps
-        rollouts, self._branch_timing = {}, {b.name: {} for b in self.trainable}
+        self._branch_timing = {b.name: {} for b in self.trainable}
 
         def timed(name: str, b: BranchTrainer):  # the step's total (verl's timing_s/...) and the branch's own share
             return branch_timer(name, timing_raw, self._branch_timing[b.name])
 
-        for b in self.trainable:  # 1. rollout: native batch (+ one cross batch per teacher in Phase II)
-            with timed("weight_sync", b):
-                b.checkpoint_manager.update_weights(self.global_steps)  # wake the branch's servers with its weights
-            with timed("gen", b):
-                rollouts[b.name] = self._rollout(b, opd)
+        # 1. rollout: native batch (+ one cross batch per teacher in Phase II), each branch with its current weights
+        together = self._rollouts_together()
+        rollouts = (self._rollout_together if together else self._rollout_in_turn)(opd, timing_raw)
         for b in self.trainable:  # 2. student log-probs (and top-k probe), on the student's own actor
             with timed("old_log_prob", b):
                 self._student_log_probs(b, rollouts[b.name], probe, metrics)
@@ -161,9 +160,58 @@ class CoPDTrainer(PPOTrainerSync):
         tags = [t for r in rollouts.values() for t in r.batch.tags]
         return KVBatchMeta(partition_id="train", keys=keys, tags=tags)
 
-    def _rollout(self, b: BranchTrainer, opd: bool) -> BranchRollout:
-        """Generate the branch's native batch and its cross batches with the branch's current weights (synced and
-        woken by the caller)."""
+    def _rollouts_together(self) -> bool:
+        """``copd.run.concurrent_rollouts``: auto generates all branches at once where their servers do not share
+        device memory (``placement=split``) or hold their own weights (the ``hf`` rollout)."""
+        setting = self.run.concurrent_rollouts
+        if setting == "auto":
+            rollout_name = self.config.actor_rollout_ref.rollout.name
+            return len(self.trainable) > 1 and (self.copd.placement == "split" or rollout_name == "hf")
+        return bool(setting) and len(self.trainable) > 1
+
+    def _rollout_in_turn(self, opd: bool, timing_raw: dict) -> dict[str, BranchRollout]:
+        """One branch after another: wake its servers with its weights, generate, sample, put them to sleep
+        (colocated vLLM servers share the GPUs' memory)."""
+        rollouts = {}
+        for b in self.trainable:
+            with branch_timer("weight_sync", timing_raw, self._branch_timing[b.name]):
+                b.checkpoint_manager.update_weights(self.global_steps)
+            with branch_timer("gen", timing_raw, self._branch_timing[b.name]):
+                parts, teacher_of_uid, n_prompts = self._submit(b, opd)
+                batch, _ = self.replay_buffer.sample(self.global_steps, partition_id="train", batch_size=n_prompts)
+                rollouts[b.name] = self._collect(b, batch, parts, teacher_of_uid, n_prompts)
+        return rollouts
+
+    def _rollout_together(self, opd: bool, timing_raw: dict) -> dict[str, BranchRollout]:
+        """Every branch's servers woken with its weights, every branch's prompts submitted, then one sample of the
+        replay buffer split by prompt uid: the branches generate concurrently (each on its own servers). A branch's
+        ``gen`` timing is its share of the common wall time."""
+        for b in self.trainable:
+            with branch_timer("weight_sync", timing_raw, self._branch_timing[b.name]):
+                b.checkpoint_manager.update_weights(self.global_steps)
+        before = timing_raw.get("gen", 0.0)
+        with marked_timer("gen", timing_raw):
+            submitted = {b.name: self._submit(b, opd) for b in self.trainable}
+            total = sum(n for _, _, n in submitted.values())
+            batch, _ = self.replay_buffer.sample(self.global_steps, partition_id="train", batch_size=total)
+            branch_of_uid = {
+                uid: name for name, (parts, _, _) in submitted.items() for part in parts for uid in part["uid"]
+            }
+            keys_of = {name: [] for name in submitted}
+            for key in batch.keys:
+                keys_of[branch_of_uid[uid_of_key(key)]].append(key)
+            rollouts = {
+                b.name: self._collect(b, sub_batch(batch, keys_of[b.name]), *submitted[b.name]) for b in self.trainable
+            }
+        share = (timing_raw["gen"] - before) / len(self.trainable)
+        for b in self.trainable:
+            self._branch_timing[b.name]["gen"] = self._branch_timing[b.name].get("gen", 0.0) + share
+        return rollouts
+
+    def _submit(self, b: BranchTrainer, opd: bool) -> tuple[list, dict[str, str], int]:
+        """Send the branch's native batch and its cross batches to its agent loop (one batched rollout, on servers
+        woken with the branch's current weights by the caller); returns (parts, teacher of each cross uid,
+        prompts submitted)."""
         parts, teacher_of_uid = [], {}
         if b.has_data:
             parts.append(self._with_stable_uids(b._next_train_batch(), b.name, "native"))
@@ -175,12 +223,16 @@ class CoPDTrainer(PPOTrainerSync):
                 parts.append(batch)
         if not parts:
             raise RuntimeError(f"branch {b.name} has neither data nor a teacher in this phase: nothing to train on")
-        n_prompts = 0
-        for part in parts:  # all prompts of this branch go to its agent loop at once (one batched rollout)
-            n_prompts += b._submit_batch_to_rollout(part)
-        batch, off_policy = self.replay_buffer.sample(self.global_steps, partition_id="train", batch_size=n_prompts)
+        n_prompts = sum(b._submit_batch_to_rollout(part) for part in parts)
+        return parts, teacher_of_uid, n_prompts
+
+    def _collect(
+        self, b: BranchTrainer, batch: KVBatchMeta, parts: list, teacher_of_uid: dict[str, str], n_prompts: int
+    ) -> BranchRollout:
+        """The branch's sampled rows in submission order (arrival-independent), its servers put to sleep, balanced
+        and with native and cross rows mixed inside every PPO mini-batch."""
         rank = {uid: i for i, uid in enumerate(u for part in parts for u in part["uid"])}
-        batch.reorder(sorted(range(len(batch)), key=lambda i: key_order(batch.keys[i], rank)))  # arrival-independent
+        batch.reorder(sorted(range(len(batch)), key=lambda i: key_order(batch.keys[i], rank)))
         b.checkpoint_manager.sleep_replicas()  # free the rollout's memory for the next branch / training
         batch.extra_info["temperature"] = self.config.actor_rollout_ref.rollout.temperature
         batch = b._balance_batch(batch, metrics={})

@@ -107,6 +107,8 @@ CONFIG_CASES = [
     (["trainer.save_frq=1"], "unknown config key trainer.save_frq; did you mean trainer.save_freq?"),
     (["data.train_batch_size=[1"], "cannot parse the override data.train_batch_size=[1"),  # hydra cannot parse it
     (["copd.run.cross_batch_size=0"], "cross_batch_size"),  # copd.run's values are checked too
+    # 4 cross prompts x n 8 = 32 rows: not a whole number of the default's 128-row micro-batches
+    (["copd.run.cross_batch_size=4"], "ppo_micro_batch_size_per_gpu=128 does not divide a step's cross rows (32"),
 ]
 
 

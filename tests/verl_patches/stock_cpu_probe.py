@@ -160,11 +160,32 @@ def probe_worker_groups() -> dict:
         ray.shutdown()
 
 
+def probe_logprobs() -> dict:
+    """batch_logprobs_on_cpu: verl's `logprobs_from_logits` (its fp32 v2 fallback on CPU) on fixed logits."""
+    import torch
+    from verl.utils import torch_functional
+
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for name, shape in {"B_T_V": (5, 7, 33), "N_V": (9, 33)}.items():
+        logits = torch.randn(shape, generator=gen)
+        labels = torch.randint(0, shape[-1], shape[:-1], generator=gen)
+        for dtype in (torch.float32, torch.bfloat16):
+            lp = torch_functional.logprobs_from_logits(logits.to(dtype), labels)
+            out[f"{name}_{str(dtype).split('.')[-1]}"] = lp.float().flatten().tolist()
+    leaf = torch.randn((4, 6, 33), generator=gen, requires_grad=True)  # the update's path: gradients flow
+    torch_functional.logprobs_from_logits(leaf, torch.zeros((4, 6), dtype=torch.long)).sum().backward()
+    out["grad"] = leaf.grad.flatten().tolist()
+    out["patched"] = bool(getattr(torch_functional.logprobs_from_logits_v2, "__verl_patches__", False))
+    return out
+
+
 PROBES = {
     "register_cpu_platform": probe_platform,
     "select_fsdp_engine_on_cpu": probe_engine,
     "patch_process_group_backend": probe_process_group,
     "patch_replay_buffer_poll": probe_replay_buffer,
+    "batch_logprobs_on_cpu": probe_logprobs,
     "register_hf_rollout": probe_rollout_registries,
     "patch_resource_pools": probe_worker_groups,
 }

@@ -25,6 +25,7 @@ TARGETS = [
     ("verl.single_controller.ray.base", "ResourcePoolManager._check_resource_available"),
     ("verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer.__init__"),
     ("verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer._wait_for_next_poll"),
+    ("verl.utils.torch_functional", "logprobs_from_logits_v2"),
     ("verl.workers.rollout.replica", "RolloutReplicaRegistry"),
     ("verl.workers.rollout.base", "_ROLLOUT_REGISTRY"),
 ]

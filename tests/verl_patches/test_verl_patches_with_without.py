@@ -89,6 +89,12 @@ def test_patch_replay_buffer_poll(runs):
     assert stock["default"] == 2.0 and patched["default"] == 0.2  # verl's fixed default: 0.2 x 1 s waited
 
 
+def test_batch_logprobs_on_cpu(runs):
+    stock, patched = (r["batch_logprobs_on_cpu"] for r in runs)
+    assert not stock.pop("patched") and patched.pop("patched")
+    assert patched == stock  # the same log-probs and gradients, to the bit (fp32 chunked, bf16 verl's own)
+
+
 def test_register_hf_rollout(runs):
     stock, patched = (r["register_hf_rollout"] for r in runs)
     assert patched["vllm_adapter"] == stock["vllm_adapter"]
