@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -125,27 +126,32 @@ class CoPDTrainer(PPOTrainerSync):
             b.global_steps = self.global_steps
         self._branch_timing = {b.name: {} for b in self.trainable}
 
-        def timed(name: str, b: BranchTrainer):  # the step's total (verl's timing_s/...) and the branch's own share
-            return branch_timer(name, timing_raw, self._branch_timing[b.name])
-
         # 1. rollout: native batch (+ one cross batch per teacher in Phase II), each branch with its current weights
         together = self._rollouts_together()
         rollouts = (self._rollout_together if together else self._rollout_in_turn)(opd, timing_raw)
-        for b in self.trainable:  # 2. student log-probs (and top-k probe), on the student's own actor
-            with timed("old_log_prob", b):
-                self._student_log_probs(b, rollouts[b.name], probe, metrics)
-        overlaps = {}
-        for b in self.trainable:  # 3. teachers score the students' tokens; all before any update
-            with timed("teacher_log_prob", b):
-                overlaps.update(self._teacher_log_probs(b, rollouts[b.name], opd, probe, metrics))
-        for b in self.trainable:  # 4. advantages (GRPO + beta*delta), 5. one combined update
-            with timed("adv", b):
-                self._advantages(b, rollouts[b.name], metrics)
-            with timed("update_actor", b):
-                m = {}
-                r = rollouts[b.name]
-                b.update(r.batch, r.n_prompts, metrics=m, cross_B=r.cross_B.tolist())
-                metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
+        # with disjoint worker groups (placement=split) the branches' passes and updates run at once, phase by phase
+        concurrent = together and self.copd.placement == "split"
+
+        def phase(name: str, fn, at_once: bool = concurrent) -> None:
+            self._per_branch(name, fn, timing_raw, at_once)
+
+        # 2. student log-probs (and top-k probe), on the student's own actor
+        phase("old_log_prob", lambda b: self._student_log_probs(b, rollouts[b.name], probe, metrics))
+        scored = {}  # 3. teachers score the students' tokens; all before any update
+        phase(
+            "teacher_log_prob",
+            lambda b: scored.update({b.name: self._teacher_log_probs(b, rollouts[b.name], opd, probe, metrics)}),
+        )
+        overlaps = {tag: o for b in self.trainable for tag, o in scored[b.name].items()}  # branch order, not arrival
+        # 4. advantages (GRPO + beta*delta, on the driver), 5. one combined update per branch
+        phase("adv", lambda b: self._advantages(b, rollouts[b.name], metrics), at_once=False)
+
+        def update(b: BranchTrainer) -> None:
+            m, r = {}, rollouts[b.name]
+            b.update(r.batch, r.n_prompts, metrics=m, cross_B=r.cross_B.tolist())
+            metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})
+
+        phase("update_actor", update)
         self._last_batches = {name: r.batch for name, r in rollouts.items()}
         mean_overlap = float(np.mean(list(overlaps.values()))) if overlaps else None
         self.schedule.advance(overlap=mean_overlap if not opd else None)
@@ -159,6 +165,28 @@ class CoPDTrainer(PPOTrainerSync):
         keys = [k for r in rollouts.values() for k in r.batch.keys]
         tags = [t for r in rollouts.values() for t in r.batch.tags]
         return KVBatchMeta(partition_id="train", keys=keys, tags=tags)
+
+    def _per_branch(self, name: str, fn, timing_raw: dict, at_once: bool) -> None:
+        """``fn(branch)`` for every trainable branch, timed as ``name`` (the step's total and each branch's own).
+        ``at_once``: in one thread per branch (their worker groups are disjoint: verl's calls block on Ray, so they
+        overlap); the step's time is then the phase's wall time and a branch's is its own call's."""
+        if not at_once or len(self.trainable) < 2:
+            for b in self.trainable:
+                with branch_timer(name, timing_raw, self._branch_timing[b.name]):
+                    fn(b)
+            return
+
+        def timed(b: BranchTrainer) -> None:
+            start = time.perf_counter()
+            fn(b)
+            own = self._branch_timing[b.name]
+            own[name] = own.get(name, 0.0) + time.perf_counter() - start
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(self.trainable), thread_name_prefix=f"copd-{name}") as pool:
+            for future in [pool.submit(timed, b) for b in self.trainable]:
+                future.result()  # the first branch's error, after every branch's call returned
+        timing_raw[name] = timing_raw.get(name, 0.0) + time.perf_counter() - start
 
     def _rollouts_together(self) -> bool:
         """``copd.run.concurrent_rollouts``: auto generates all branches at once where their servers do not share

@@ -110,3 +110,27 @@ def test_in_turn_each_branch_wakes_generates_and_sleeps_before_the_next():
     assert [e[0] for e in log] == ["wake", "submit", "sample", "sleep"] * 2
     assert [e[1] for e in log if e[0] == "sample"] == [3, 2]
     assert [len(rollouts[n]) for n in ("add", "mul")] == [3 * N_SAMPLES, 2 * N_SAMPLES]
+
+
+def test_per_branch_at_once_overlaps_the_branches_and_raises_their_error():
+    import time
+
+    t, _ = _trainer(placement="split")
+    timing = {}
+
+    def slow(b):
+        time.sleep(0.3)
+
+    start = time.perf_counter()
+    t._per_branch("update_actor", slow, timing, at_once=True)
+    assert time.perf_counter() - start < 0.55  # two 0.3 s calls in parallel, not 0.6 s in turn
+    assert 0.3 <= timing["update_actor"] < 0.55 and t._branch_timing["mul"]["update_actor"] >= 0.3
+    t._per_branch("adv", slow, timing, at_once=False)
+    assert timing["adv"] >= 0.6  # in turn: the sum
+
+    def fails(b):
+        if b.name == "mul":
+            raise RuntimeError("mul broke")
+
+    with pytest.raises(RuntimeError, match="mul broke"):
+        t._per_branch("update_actor", fails, timing, at_once=True)

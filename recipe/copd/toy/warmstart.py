@@ -199,7 +199,7 @@ def warm_start(
     intermediate_size: int | None = 256,
     target_acc: tuple[float, float] | None = (0.6, 0.3),
     anneal_steps: int = 100,
-    eval_every: int = 50,
+    eval_every: int = 25,
     n_val: int = 200,
     threads: int = 2,
     time_budget_s: float | None = None,
