@@ -228,7 +228,22 @@ def train(run: str, seed: int, cfg, seed_dir: Path, key: str) -> dict:
         return json.loads(done.read_text())
     print(f"[compare] seed {seed} {run}: start", flush=True)
     t0 = time.time()
-    result = main_with_config(cfg)
+    try:
+        result = main_with_config(cfg)
+    except SystemExit as err:  # the run failed (one line printed); a busy machine can time Ray's startup out
+        if err.code == 2:  # refused input: a retry would be refused too
+            raise
+        print(f"[compare] seed {seed} {run}: failed (exit {err.code}); retrying it once", flush=True)
+        try:
+            result = main_with_config(cfg)
+        except SystemExit:
+            print(
+                f"[compare] seed {seed} {run}: failed again; stopping. Rerun the same command to resume "
+                "(finished runs are skipped)",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise
     record = {"run": run, "seed": seed, "key": key, "wall_s": round(time.time() - t0, 1), "result": result}
     _write_json(done, record)
     print(f"[compare] seed {seed} {run}: done in {record['wall_s']:.0f} s", flush=True)

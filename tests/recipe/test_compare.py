@@ -84,6 +84,33 @@ def test_a_run_is_reused_only_with_the_same_settings_and_warm_start(tmp_path):
     assert key != compare.run_key(spec, ["data.seed=0"], str(model))
 
 
+def _failing(times: int):
+    calls = []
+
+    def main_with_config(cfg):
+        calls.append(cfg)
+        if len(calls) <= times:
+            raise SystemExit(1)
+        return {"merged": "m"}
+
+    return main_with_config, calls
+
+
+def test_a_failed_run_is_retried_once_then_stops(tmp_path, monkeypatch, capsys):
+    import recipe.copd.main as entry
+
+    (tmp_path / "copd").mkdir()
+    fake, calls = _failing(1)
+    monkeypatch.setattr(entry, "main_with_config", fake)
+    record = compare.train("copd", 0, "cfg", tmp_path, "k")
+    assert len(calls) == 2 and record["result"] == {"merged": "m"} and "retrying it once" in capsys.readouterr().out
+    fake, calls = _failing(2)
+    monkeypatch.setattr(entry, "main_with_config", fake)
+    with pytest.raises(SystemExit):
+        compare.train("copd", 1, "cfg", tmp_path, "other")
+    assert len(calls) == 2 and "Rerun the same command to resume" in capsys.readouterr().err
+
+
 def _evals(seeds: dict[int, dict[str, tuple[float, float]]], n: int = 1000) -> dict:
     return {
         seed: {"n_problems": {"add": n, "mul": n}, "models": {k: {"add": a, "mul": m} for k, (a, m) in models.items()}}
