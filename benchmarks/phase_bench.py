@@ -66,6 +66,9 @@ def main() -> None:
 
     B, S = args.batch, args.steps
     common = [f"actor_rollout_ref.actor.ppo_mini_batch_size={2 * B}", "copd.metrics_interval=0", "copd.n_cycles=1"]
+    rows = B * 8  # one sub-batch's rows (n = 8): both phases split into whole micro-batches of it
+    common += [f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={rows}"]
+    common += [f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={rows}"]
     configs = {
         "phase1": [*common, f"data.train_batch_size={2 * B}", f"copd.s_rl={S + 1}", "copd.s_opd=0"],
         "phase2": [

@@ -70,17 +70,17 @@ def check_micro_batches(config: DictConfig, copd: CoPDConfig, run) -> None:
     (n x cross batch) must be multiples of the micro-batch sizes times the branch's data-parallel ranks. Checked
     here so the run stops before Ray starts, with the numbers, instead of inside the first update."""
     actor, rollout, trainer = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout, config.trainer
-    if actor.get("use_dynamic_bsz", False):
-        return
     ranks = int(trainer.n_gpus_per_node) * int(trainer.nnodes)
     if copd.placement == "split":
         ranks //= max(1, len(copd.branches))
     n, native = int(rollout.n), int(config.data.train_batch_size)
     cross = run.cross_batch_size or native
-    micro = {
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": actor.get("ppo_micro_batch_size_per_gpu"),
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": rollout.get("log_prob_micro_batch_size_per_gpu"),
-    }
+    micro = {}  # the fixed sizes (a pass with dynamic batch sizes packs by tokens instead)
+    if not actor.get("use_dynamic_bsz", False):
+        micro["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"] = actor.get("ppo_micro_batch_size_per_gpu")
+    if not rollout.get("log_prob_use_dynamic_bsz", False):
+        key = "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu"
+        micro[key] = rollout.get("log_prob_micro_batch_size_per_gpu")
     rows = {"native": n * native}
     if copd.pairs:
         rows["cross"] = n * cross
@@ -113,8 +113,8 @@ def prepare(config: DictConfig) -> Prepared:
         toy_files = prepare_toy(config, run.toy)
     copd = copd_config_from(config)
     check_inputs(config, copd)
-    check_micro_batches(config, copd, run)
     check_data_and_models(config, copd)  # opens every data file and model folder
+    check_micro_batches(config, copd, run)
     apply_platform(config)  # verl_patches before any verl worker module is imported
     register_agent_loop(config)
     route_rewards(config, copd)

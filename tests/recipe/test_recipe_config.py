@@ -53,7 +53,9 @@ def _branches(inputs, add_train=None, reward=True) -> str:
 
 def _user_run(inputs, **kw) -> list[str]:
     model = f"actor_rollout_ref.model.path={inputs['model']}"
-    return ["copd.run.toy.enable=false", model, _branches(inputs, **kw), "data.train_batch_size=4"]
+    micro = ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8"]
+    micro += ["actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8"]  # whole micro-batches of 4 x 8 rows
+    return ["copd.run.toy.enable=false", model, _branches(inputs, **kw), "data.train_batch_size=4", *micro]
 
 
 def _tagged_processes(tag: str) -> list[int]:
