@@ -98,7 +98,7 @@ def _panel(ax, series: Series, title: str, ylabel: str, phases) -> None:
     ax.set_ylabel(ylabel)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
 
 
 def _save(fig: Figure, path: Path) -> Path:
