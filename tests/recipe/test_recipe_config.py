@@ -51,9 +51,9 @@ def _branches(inputs, add_train=None, reward=True) -> str:
     return f"copd.branches=[{', '.join(rows)}]"
 
 
-def _user_run(inputs, **kw) -> list[str]:
+def _user_run(inputs, micro_batch=8, **kw) -> list[str]:
     model = f"actor_rollout_ref.model.path={inputs['model']}"
-    micro = ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8"]
+    micro = [f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}"]
     micro += ["actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8"]  # whole micro-batches of 4 x 8 rows
     return ["copd.run.toy.enable=false", model, _branches(inputs, **kw), "data.train_batch_size=4", *micro]
 
@@ -109,8 +109,6 @@ CONFIG_CASES = [
     (["trainer.save_frq=1"], "unknown config key trainer.save_frq; did you mean trainer.save_freq?"),
     (["data.train_batch_size=[1"], "cannot parse the override data.train_batch_size=[1"),  # hydra cannot parse it
     (["copd.run.cross_batch_size=0"], "cross_batch_size"),  # copd.run's values are checked too
-    # 4 cross prompts x n 8 = 32 rows: not a whole number of the default's 128-row micro-batches
-    (["copd.run.cross_batch_size=4"], "ppo_micro_batch_size_per_gpu=128 does not divide a step's cross rows (32"),
 ]
 
 
@@ -135,6 +133,8 @@ FILE_CASES = [
     ("no_config", "has no config.json"),
     ("no_tokenizer", "has no tokenizer (tokenizer.json"),
     ("locked", "is in use by a running copd run"),
+    # checked after the data: 1 cross prompt x n 8 = 8 rows is not a whole number of 16-row micro-batches
+    ("micro_batch", "ppo_micro_batch_size_per_gpu=16 does not divide a step's cross rows (8"),
 ]
 
 
@@ -148,6 +148,8 @@ def test_bad_files_are_one_line(case, needle, inputs, tmp_path):
         args = _user_run(inputs, add_train=work / "data.csv")
     elif case == "no_reward_route":
         args = _user_run(inputs, reward=False)
+    elif case == "micro_batch":
+        args = [*_user_run(inputs, micro_batch=16), "copd.run.cross_batch_size=1"]
     elif case in ("no_config", "no_tokenizer"):
         args = [*_user_run(inputs), f"actor_rollout_ref.model.path={work / case}"]
     else:
