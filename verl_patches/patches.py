@@ -3,7 +3,8 @@
 Every patch was written for verl 0.9.1 (pinned), is idempotent (a second call returns False and changes nothing),
 checks that its target still exists (`PatchTargetMissing` otherwise, with the fix in the message) and returns
 True when it changed something. All of them are no-ops unless the CPU platform is active (`is_cpu()`), except
-`register_hf_rollout`, which only adds the rollout name "hf" to verl's two rollout registries. Where stock verl
+`register_hf_rollout`, which only adds the rollout name "hf" to verl's two rollout registries, and
+`fix_3d_position_ids`, a bug fix for VLM batches whose rows all have the same length. Where stock verl
 already runs on CPU (explicit `ray.init(num_cpus=...)`, pools the caller builds, explicit settings) the patches
 leave the caller's choices alone; README.md lists, per patch, what it changes for code that is not ours.
 
@@ -340,6 +341,55 @@ def _chunked_logprobs_from_logits_v2() -> bool:
     return True
 
 
+#: Modules that bind `maybe_fix_3d_position_ids` by name at import (`from verl.utils.tensordict_utils import ...`).
+POSITION_IDS_FIX_USERS = ("verl.workers.engine_workers", "verl.workers.engine.base", "verl.workers.engine_workers_tinker")
+
+
+def fix_3d_position_ids() -> bool:
+    """Make `maybe_fix_3d_position_ids` right when every row of a VLM batch has the same length. A bug fix: also
+    active off the CPU.
+
+    Why: mRoPE `position_ids` are a jagged (B, 4, j) tensor, ragged on its last dim (`_ragged_idx` 2). verl's and
+    TransferQueue's decoders rebuild nested tensors with `torch.nested.as_nested_tensor(rows)`, which picks the
+    ragged dim itself: when all B rows have the same shape (4, L) it makes them ragged on dim 1 (values (4B, L),
+    offsets every 4 rows). `maybe_fix_3d_position_ids` (the engine calls it on every batch) then sets
+    `_ragged_idx = 2` on that layout, and the first `unbind` fails with "split_with_sizes expects split_sizes to sum
+    exactly to L ... got [4, 4, ...]". It happened in CI to a 3-branch Qwen3-VL rehearsal whose 8 text rows all
+    ran to the length cap. Here a batch whose offsets index the first dim of its values (the layout
+    `as_nested_tensor` made) is rebuilt row by row, ragged on the last dim; any other batch goes to verl's fix.
+    """
+    return _when_imported("verl.utils.tensordict_utils", _ragged_last_position_ids)
+
+
+def _ragged_last_position_ids() -> bool:
+    module = sys.modules["verl.utils.tensordict_utils"]
+    original = _target("verl.utils.tensordict_utils", "maybe_fix_3d_position_ids")
+    if getattr(original, MARK, False):
+        return False
+
+    @functools.wraps(original)
+    def maybe_fix_3d_position_ids(data):
+        pos = data["position_ids"] if "position_ids" in data.keys() else None
+        if (
+            pos is not None
+            and pos.is_nested
+            and pos.dim() == 3
+            and pos._ragged_idx == 1
+            and int(pos.offsets()[-1]) == pos.values().shape[0]
+        ):
+            data["position_ids"] = module.nested_tensor_from_tensor_list(list(pos.unbind()), ragged_idx=2)
+            return
+        original(data)
+
+    setattr(maybe_fix_3d_position_ids, MARK, True)
+    module.maybe_fix_3d_position_ids = maybe_fix_3d_position_ids
+    for name in POSITION_IDS_FIX_USERS:  # imported before the patch: rebind their copy of the name
+        user = sys.modules.get(name)
+        if user is not None and getattr(user, "maybe_fix_3d_position_ids", None) is original:
+            user.maybe_fix_3d_position_ids = maybe_fix_3d_position_ids
+    return True
+
+
 def register_hf_rollout() -> bool:
     """Register the `hf` rollout: `RolloutReplicaRegistry` ("hf" -> HFReplica) and the adapter registry
     `_ROLLOUT_REGISTRY[("hf", "async")]` (-> HFServerAdapter). Additive: also active on GPU."""
@@ -369,5 +419,6 @@ ALL_PATCHES = (
     patch_replay_buffer_poll,
     batch_logprobs_on_cpu,
     register_hf_rollout,
+    fix_3d_position_ids,
     provide_qwen_vl_utils_without_torchvision,  # verl_patches/vision_cpu.py
 )

@@ -28,6 +28,7 @@ TARGETS = [
     ("verl.utils.torch_functional", "logprobs_from_logits_v2"),
     ("verl.workers.rollout.replica", "RolloutReplicaRegistry"),
     ("verl.workers.rollout.base", "_ROLLOUT_REGISTRY"),
+    ("verl.utils.tensordict_utils", "maybe_fix_3d_position_ids"),
 ]
 
 
@@ -184,7 +185,8 @@ def test_cpu_patches_are_inert_on_another_platform():
         "print(json.dumps([applied, get_platform().device_name, hasattr(P.__init__, '__verl_patches__')]))"
     )
     applied, device, pool_patched = run_python(code, VERL_PLATFORM="nvidia", VERL_USE_EXTERNAL_MODULES="")
-    assert applied == {p.__name__: p.__name__ == "register_hf_rollout" for p in patches.ALL_PATCHES}
+    everywhere = {"register_hf_rollout", "fix_3d_position_ids"}  # additive / a bug fix
+    assert applied == {p.__name__: p.__name__ in everywhere for p in patches.ALL_PATCHES}
     assert device == "cuda" and not pool_patched
 
 
@@ -202,3 +204,53 @@ def test_cpu_overrides_compose_with_verl_config():
     assert cfg.data.filter_overlong_prompts_workers is None  # null, not the string "None": no datasets fork pool
     with pytest.raises(ValueError, match="n_workers"):
         verl_patches.cpu_overrides(0)
+
+
+def _equal_length_position_ids(rows: int = 8, length: int = 60):
+    """mRoPE position ids of `rows` equal-length rows as TransferQueue's and verl's decoders rebuild them
+    (`as_nested_tensor` of the rows: ragged on dim 1 when every row has the same shape)."""
+    from tensordict import TensorDict
+
+    want = [torch.arange(4 * length).view(4, length) + i for i in range(rows)]
+    pos = torch.nested.as_nested_tensor(want, layout=torch.jagged)
+    return want, TensorDict({"position_ids": pos}, batch_size=[rows])
+
+
+def test_stock_fix_breaks_equal_length_position_ids():
+    """The CI failure of 2026-12-03, in a process without the patches: verl's fix makes the batch unreadable."""
+    code = (
+        "import json, torch; from verl.utils import tensordict_utils as tu; "
+        "pos = torch.nested.as_nested_tensor([torch.zeros(4, 60)] * 8, layout=torch.jagged); "
+        "td = __import__('tensordict').TensorDict({'position_ids': pos}, batch_size=[8]); "
+        "tu.maybe_fix_3d_position_ids(td)\n"
+        "try: td['position_ids'].unbind(); print(json.dumps('ok'))\n"
+        "except RuntimeError as e: print(json.dumps(str(e)))"
+    )
+    err = run_python(code, VERL_USE_EXTERNAL_MODULES="")
+    assert "split_with_sizes expects split_sizes to sum exactly to 60" in err, err
+
+
+def test_fix_3d_position_ids_keeps_equal_length_rows():
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine import base
+
+    assert base.maybe_fix_3d_position_ids is tu.maybe_fix_3d_position_ids  # the engine calls the patched one
+    want, td = _equal_length_position_ids()
+    tu.maybe_fix_3d_position_ids(td)
+    assert td["position_ids"]._ragged_idx == 2
+    assert all(torch.equal(a, b) for a, b in zip(td["position_ids"].unbind(), want, strict=True))
+    halves = tu.chunk_tensordict(td, 2)  # what the engine does next (micro-batches)
+    assert all(torch.equal(a, b) for a, b in zip(halves[1]["position_ids"].unbind(), want[4:], strict=True))
+
+
+def test_fix_3d_position_ids_leaves_ragged_rows_to_verl():
+    from tensordict import TensorDict
+
+    from verl.utils import tensordict_utils as tu
+
+    want = [torch.arange(4 * n).view(4, n) for n in (5, 7, 9)]
+    td = TensorDict({"position_ids": tu.nested_tensor_from_tensor_list(want, ragged_idx=2)}, batch_size=[3])
+    before = td["position_ids"]
+    tu.maybe_fix_3d_position_ids(td)
+    assert td["position_ids"] is before and before._ragged_idx == 2
+    assert all(torch.equal(a, b) for a, b in zip(td["position_ids"].unbind(), want, strict=True))
