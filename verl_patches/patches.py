@@ -320,29 +320,45 @@ def batch_logprobs_on_cpu() -> bool:
     return _when_imported("verl.utils.torch_functional", _chunked_logprobs_from_logits_v2)
 
 
-def _chunked_logprobs_from_logits_v2() -> bool:
-    import torch
-
-    module = sys.modules["verl.utils.torch_functional"]
-    original = _target("verl.utils.torch_functional", "logprobs_from_logits_v2")
+def _replace_function(module_name: str, attr: str, make_wrapper, users: tuple[str, ...] = ()) -> bool:
+    """Set `module.attr` to `make_wrapper(original)` (marked, `functools.wraps`), once; `users`: modules that
+    bound the name at their import (`from module import attr`) and are already imported get the wrapper too."""
+    module = sys.modules[module_name]
+    original = _target(module_name, attr)
     if getattr(original, MARK, False):
         return False
-
-    @functools.wraps(original)
-    def logprobs_from_logits_v2(logits, labels):
-        if logits.dtype not in (torch.float32, torch.float64) or logits.dim() < 2 or len(logits) == 0:
-            return original(logits, labels)
-        rows = max(1, LOGSUMEXP_CHUNK_ELEMS // max(1, logits[0].numel()))
-        logsumexp_values = torch.cat([torch.logsumexp(chunk, dim=-1) for chunk in logits.split(rows)])
-        return torch.gather(logits, dim=-1, index=labels.unsqueeze(-1)).squeeze(-1) - logsumexp_values
-
-    setattr(logprobs_from_logits_v2, MARK, True)
-    module.logprobs_from_logits_v2 = logprobs_from_logits_v2
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    setattr(wrapper, MARK, True)
+    setattr(module, attr, wrapper)
+    for name in users:
+        user = sys.modules.get(name)
+        if user is not None and getattr(user, attr, None) is original:
+            setattr(user, attr, wrapper)
     return True
 
 
+def _chunked_logprobs_from_logits_v2() -> bool:
+    import torch
+
+    def make_wrapper(original):
+        def logprobs_from_logits_v2(logits, labels):
+            if logits.dtype not in (torch.float32, torch.float64) or logits.dim() < 2 or len(logits) == 0:
+                return original(logits, labels)
+            rows = max(1, LOGSUMEXP_CHUNK_ELEMS // max(1, logits[0].numel()))
+            logsumexp_values = torch.cat([torch.logsumexp(chunk, dim=-1) for chunk in logits.split(rows)])
+            return torch.gather(logits, dim=-1, index=labels.unsqueeze(-1)).squeeze(-1) - logsumexp_values
+
+        return logprobs_from_logits_v2
+
+    return _replace_function("verl.utils.torch_functional", "logprobs_from_logits_v2", make_wrapper)
+
+
 #: Modules that bind `maybe_fix_3d_position_ids` by name at import (`from verl.utils.tensordict_utils import ...`).
-POSITION_IDS_FIX_USERS = ("verl.workers.engine_workers", "verl.workers.engine.base", "verl.workers.engine_workers_tinker")
+POSITION_IDS_FIX_USERS = (
+    "verl.workers.engine_workers",
+    "verl.workers.engine.base",
+    "verl.workers.engine_workers_tinker",
+)
 
 
 def fix_3d_position_ids() -> bool:
@@ -363,31 +379,26 @@ def fix_3d_position_ids() -> bool:
 
 def _ragged_last_position_ids() -> bool:
     module = sys.modules["verl.utils.tensordict_utils"]
-    original = _target("verl.utils.tensordict_utils", "maybe_fix_3d_position_ids")
-    if getattr(original, MARK, False):
-        return False
 
-    @functools.wraps(original)
-    def maybe_fix_3d_position_ids(data):
-        pos = data["position_ids"] if "position_ids" in data.keys() else None
-        if (
-            pos is not None
-            and pos.is_nested
-            and pos.dim() == 3
-            and pos._ragged_idx == 1
-            and int(pos.offsets()[-1]) == pos.values().shape[0]
-        ):
-            data["position_ids"] = module.nested_tensor_from_tensor_list(list(pos.unbind()), ragged_idx=2)
-            return
-        original(data)
+    def make_wrapper(original):
+        def maybe_fix_3d_position_ids(data):
+            pos = data["position_ids"] if "position_ids" in data.keys() else None
+            if (
+                pos is not None
+                and pos.is_nested
+                and pos.dim() == 3
+                and pos._ragged_idx == 1
+                and int(pos.offsets()[-1]) == pos.values().shape[0]
+            ):
+                data["position_ids"] = module.nested_tensor_from_tensor_list(list(pos.unbind()), ragged_idx=2)
+                return
+            original(data)
 
-    setattr(maybe_fix_3d_position_ids, MARK, True)
-    module.maybe_fix_3d_position_ids = maybe_fix_3d_position_ids
-    for name in POSITION_IDS_FIX_USERS:  # imported before the patch: rebind their copy of the name
-        user = sys.modules.get(name)
-        if user is not None and getattr(user, "maybe_fix_3d_position_ids", None) is original:
-            user.maybe_fix_3d_position_ids = maybe_fix_3d_position_ids
-    return True
+        return maybe_fix_3d_position_ids
+
+    return _replace_function(
+        "verl.utils.tensordict_utils", "maybe_fix_3d_position_ids", make_wrapper, users=POSITION_IDS_FIX_USERS
+    )
 
 
 def register_hf_rollout() -> bool:

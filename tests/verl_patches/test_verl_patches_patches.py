@@ -245,7 +245,6 @@ def test_fix_3d_position_ids_keeps_equal_length_rows():
 
 def test_fix_3d_position_ids_leaves_ragged_rows_to_verl():
     from tensordict import TensorDict
-
     from verl.utils import tensordict_utils as tu
 
     want = [torch.arange(4 * n).view(4, n) for n in (5, 7, 9)]
