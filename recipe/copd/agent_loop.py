@@ -176,16 +176,31 @@ def _close_prompt_buffer(token) -> None:
     _PENDING_ROWS.reset(token)
 
 
-def _batch_prompt_puts() -> None:
-    """Route ``verl.trainer.ppo.v1.agent_loop_tq``'s TransferQueue calls through ``_PromptBatchedTQ`` (this process
-    only: it runs in the agent-loop worker actor). Idempotent."""
-    from verl.trainer.ppo.v1 import agent_loop_tq
+#: The methods of verl's ``AgentLoopWorkerTQ`` that reach TransferQueue through their module's ``tq`` global.
+_TQ_METHODS = ("_agent_loop_postprocess", "_run_prompt")
 
-    if isinstance(agent_loop_tq.tq, _PromptBatchedTQ):
-        return
-    proxy = _PromptBatchedTQ(agent_loop_tq.tq, agent_loop_tq.list_of_dict_to_tensordict)
-    agent_loop_tq.tq = proxy
-    agent_loop_tq.list_of_dict_to_tensordict = proxy.list_of_dict_to_tensordict
+
+def _batch_prompt_puts(worker_cls: type) -> int:
+    """Route the TransferQueue calls of ``worker_cls``'s verl methods (``_TQ_METHODS``) through
+    ``_PromptBatchedTQ``, in this process. Returns how many globals dicts it patched. Idempotent.
+
+    The patch goes into the globals those functions resolve ``tq`` in, not into ``agent_loop_tq``'s module dict:
+    Ray ships the actor class by value (``AgentLoopWorkerTQ`` in its module is the Ray actor wrapper, so
+    cloudpickle cannot find the class by name), and a class pickled by value keeps its own copy of its functions'
+    globals. Patching the module (what this did until 2026-12-04) left the actor's puts unbatched."""
+    patched = 0
+    for fn in (k.__dict__[name] for k in worker_cls.__mro__ for name in _TQ_METHODS if name in k.__dict__):
+        while fn is not None and hasattr(fn, "__wrapped__"):
+            fn = fn.__wrapped__
+        g = getattr(fn, "__globals__", None)
+        if g is None or "tq" not in g or isinstance(g["tq"], _PromptBatchedTQ):
+            continue
+        proxy = _PromptBatchedTQ(g["tq"], g.get("list_of_dict_to_tensordict"))
+        g["tq"] = proxy
+        if "list_of_dict_to_tensordict" in g:
+            g["list_of_dict_to_tensordict"] = proxy.list_of_dict_to_tensordict
+        patched += 1
+    return patched
 
 
 def agent_loop_worker_class(inline_reward: bool):
@@ -212,7 +227,7 @@ def agent_loop_worker_class(inline_reward: bool):
                 reward_loop_worker_handles = [_InlineRewardWorker(config)]
             super().__init__(config, llm_client, teacher_client, reward_loop_worker_handles)
             self._copd_loop = None
-            _batch_prompt_puts()
+            _batch_prompt_puts(type(self))
 
         async def _run_prompt(self, *args, **kwargs):
             token = _open_prompt_buffer()  # the sessions' tasks, created inside, share this prompt's buffer

@@ -1,11 +1,14 @@
 """The agent-loop worker's per-prompt batching of TransferQueue puts (``recipe.copd.agent_loop._PromptBatchedTQ``),
-against a recording stand-in for the ``transfer_queue`` module; the real path runs in every e2e test."""
+against a recording stand-in for the ``transfer_queue`` module, and its installation into the worker class as Ray
+ships it (pickled by value); the real path runs in every e2e test."""
 
 from __future__ import annotations
 
 import asyncio
 
-from recipe.copd.agent_loop import _PENDING_ROWS, _PromptBatchedTQ
+import pytest
+
+from recipe.copd.agent_loop import _PENDING_ROWS, _batch_prompt_puts, _PromptBatchedTQ, agent_loop_worker_class
 
 
 class _RecordingTQ:
@@ -88,3 +91,31 @@ def test_the_worker_class_pickles_for_ray():
 
     for inline in (True, False):
         ray.cloudpickle.dumps(agent_loop_worker_class(inline).__ray_actor_class__)
+
+
+def _verl_tq_globals(cls) -> dict:
+    """The globals verl's ``_agent_loop_postprocess`` resolves ``tq`` in, for this copy of the worker class."""
+    base = next(k for k in cls.__mro__ if "_agent_loop_postprocess" in k.__dict__)
+    return base.__dict__["_agent_loop_postprocess"].__globals__
+
+
+def test_batching_reaches_the_worker_class_ray_ships():
+    """Ray pickles the worker class by value (verl's module names the Ray wrapper, not the class), so the class
+    in the actor has its own copy of its functions' globals: patching ``agent_loop_tq.tq`` (the first version)
+    left the actor's puts unbatched. The patch must land in the globals the shipped class's methods read."""
+    pytest.importorskip("transfer_queue")
+    from ray import cloudpickle
+    from verl.trainer.ppo.v1 import agent_loop_tq
+
+    shipped = cloudpickle.loads(cloudpickle.dumps(agent_loop_worker_class(inline_reward=True).__ray_actor_class__))
+    g = _verl_tq_globals(shipped)
+    assert g is not agent_loop_tq.__dict__  # the premise: a separate copy, which a module patch cannot reach
+    assert not isinstance(g["tq"], _PromptBatchedTQ)
+    assert _batch_prompt_puts(shipped) == 1  # _agent_loop_postprocess and verl's _run_prompt share one dict
+    assert (
+        isinstance(g["tq"], _PromptBatchedTQ) and g["list_of_dict_to_tensordict"] == g["tq"].list_of_dict_to_tensordict
+    )
+    run_prompt = next(k for k in shipped.__mro__ if k.__module__.startswith("verl") and "_run_prompt" in k.__dict__)
+    assert isinstance(run_prompt.__dict__["_run_prompt"].__globals__["tq"], _PromptBatchedTQ)  # the status puts
+    assert _batch_prompt_puts(shipped) == 0  # idempotent
+    assert not isinstance(agent_loop_tq.tq, _PromptBatchedTQ)  # this process's module is left alone
