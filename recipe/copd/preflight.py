@@ -35,6 +35,16 @@ def run_config_from(config: DictConfig) -> RunConfig:
     return RunConfig.from_dict(OmegaConf.to_container(config.copd.get("run") or {}, resolve=True))
 
 
+def check_verl_settings(config: DictConfig) -> None:
+    """verl settings that only fail deep inside a step, checked before anything is built (the toy included)."""
+    corr = config.algorithm.get("rollout_correction", None) or {}
+    if corr.get("bypass_mode", False) and not config.actor_rollout_ref.rollout.get("calculate_log_probs", False):
+        raise ValueError(
+            "algorithm.rollout_correction.bypass_mode=true takes old_log_probs from the rollout's log-probs, which "
+            "the rollout returns only with actor_rollout_ref.rollout.calculate_log_probs=true: set it"
+        )
+
+
 def check_inputs(config: DictConfig, copd: CoPDConfig) -> None:
     """Fail fast, before Ray starts, on files that do not exist and on backends that cannot hold K branches."""
     for b in copd.branches:
@@ -106,6 +116,7 @@ def prepare(config: DictConfig) -> Prepared:
     check_copd_keys(OmegaConf.to_container(config.copd, resolve=True))
     run = run_config_from(config)
     copd_config_from(config)  # validate the knobs before building anything
+    check_verl_settings(config)
     toy_files = None
     if run.toy.enable:
         from recipe.copd.toy.prepare import prepare_toy

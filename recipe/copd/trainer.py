@@ -101,6 +101,16 @@ class CoPDTrainer(PPOTrainerSync):
         return
 
     @property
+    def _bypass_old_log_prob(self) -> bool:
+        """verl's ``algorithm.rollout_correction.bypass_mode``: old_log_probs are the rollout's, no forward pass."""
+        corr = self.config.algorithm.get("rollout_correction", None) or {}
+        return bool(corr.get("bypass_mode", False))
+
+    @property
+    def _rollout_temperature(self) -> float:
+        return float(self.config.actor_rollout_ref.rollout.temperature)
+
+    @property
     def trainable(self) -> list[BranchTrainer]:
         return [b for b in self.branches.values() if not b.spec.frozen]
 
@@ -281,8 +291,13 @@ class CoPDTrainer(PPOTrainerSync):
         batch = rollout.batch
         if probe:
             batch.extra_info.update({PROBE_KEY: "student", TOPK_KEY: self.copd.overlap_k})
+            if self._bypass_old_log_prob:  # verl will copy the rollout's log-probs: the probe's forward runs here
+                batch.extra_info.update(
+                    {"calculate_entropy": False, "compute_loss": False, "temperature": self._rollout_temperature}
+                )
+                b.actor_rollout_wg.compute_log_prob(batch)  # the student's top-k fields (and log_probs, unused)
         m = {}
-        b._compute_old_log_prob(batch, metrics=m)  # verl's own: writes old_log_probs and entropy
+        b._compute_old_log_prob(batch, metrics=m)  # verl's own: old_log_probs and entropy (bypass: rollout's)
         for key in (PROBE_KEY, TOPK_KEY):
             batch.extra_info.pop(key, None)
         metrics.update({f"branch_{b.name}/{k}": v for k, v in m.items()})

@@ -109,6 +109,10 @@ CONFIG_CASES = [
     (["trainer.save_frq=1"], "unknown config key trainer.save_frq; did you mean trainer.save_freq?"),
     (["data.train_batch_size=[1"], "cannot parse the override data.train_batch_size=[1"),  # hydra cannot parse it
     (["copd.run.cross_batch_size=0"], "cross_batch_size"),  # copd.run's values are checked too
+    (
+        ["algorithm.rollout_correction.bypass_mode=true", "actor_rollout_ref.rollout.calculate_log_probs=false"],
+        "calculate_log_probs=true",
+    ),  # verl's rollout default is true; a user who turned it off is told
 ]
 
 

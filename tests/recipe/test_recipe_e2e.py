@@ -154,3 +154,29 @@ def test_inline_reward_scores_as_verls_reward_workers(tmp_path, toy_workdir, tin
         row = [r for r in _rows(work / "run" / "metrics.jsonl") if "copd/phase" in r][0]
         rewards[inline] = {k: v for k, v in row.items() if "reward_native" in k or "critic/score" in k}
     assert rewards["true"] and rewards["true"] == rewards["false"]
+
+
+def test_bypass_mode_trains_as_the_recomputed_old_log_probs(tmp_path, toy_workdir, tiny_overrides):
+    """verl's `algorithm.rollout_correction.bypass_mode` (old_log_probs = the rollout's, no forward pass) through
+    both phases with the probe on every step (its forward then runs on its own): the `hf` rollout's log-probs are
+    the trainer's to ~1e-6, so with reproducible sampling it trains as the default recompute does."""
+    steps = ["copd.n_cycles=1", "copd.s_rl=1", "copd.s_opd=1", "copd.metrics_interval=1",
+             "copd.run.validate_merged=false", "actor_rollout_ref.rollout.full_determinism=true",
+             "actor_rollout_ref.rollout.calculate_log_probs=true"]  # fmt: skip
+    runs = {}
+    for bypass in ("false", "true"):
+        work = toy_workdir(tmp_path / f"bypass_{bypass}")
+        proc = _run(work, tiny_overrides, *steps, f"algorithm.rollout_correction.bypass_mode={bypass}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [r for r in _rows(work / "run" / "metrics.jsonl") if "copd/phase" in r]
+        runs[bypass] = (rows, _weights(work / "run" / "merged"))
+    (plain, w_plain), (bypass, w_bypass) = runs["false"], runs["true"]
+    assert [r["copd/phase"] for r in bypass] == ["rl", "opd"]
+    for a, b in zip(plain, bypass, strict=True):
+        overlaps = [k for k in a if k.startswith("copd/overlap/")]
+        assert overlaps and all(abs(a[k] - b[k]) < 1e-3 for k in overlaps), overlaps
+        rewards = [k for k in a if "reward_native" in k]
+        assert rewards and all(a[k] == b[k] for k in rewards)
+    assert "branch_add/actor/entropy" in plain[0] and "branch_add/actor/entropy" not in bypass[0]  # no forward
+    for name, t in w_plain.items():
+        torch.testing.assert_close(w_bypass[name], t, rtol=1e-4, atol=1e-5)
