@@ -141,6 +141,16 @@ def runs_for(methods: list[str]) -> list[str]:
     return [r for r in order if r in needed]
 
 
+def toy_beta() -> float:
+    """The embedded default's beta (``copd_base.yaml``'s branches): every method distils with the demo's beta."""
+    from omegaconf import OmegaConf
+
+    betas = {float(b.beta) for b in OmegaConf.load(CONFIG_DIR / "copd_base.yaml").copd.branches}
+    if len(betas) != 1:
+        raise ValueError(f"copd_base.yaml's branches have different betas {sorted(betas)}: the comparison needs one")
+    return betas.pop()
+
+
 def branch_node(spec: dict, files: dict, experts_dir: str) -> dict:
     """A ``copd.branches`` entry: a skill's branch gets that skill's data source and reward; a frozen teacher starts
     from the expert of its skill; every trainable branch validates on its skills (all skills for a student without
@@ -150,7 +160,7 @@ def branch_node(spec: dict, files: dict, experts_dir: str) -> dict:
 
     node = {
         "name": name,
-        "beta": 1.0,
+        "beta": toy_beta(),
         "data_source": f"copd_toy/{name}" if name in SKILLS else None,
         "reward_path": REWARD_PATH if name in SKILLS else None,
         "train_files": [str(files[s]["train"]) for s in skills],

@@ -197,7 +197,7 @@ def warm_start(
     hidden_size: int = 128,
     num_layers: int = 4,
     intermediate_size: int | None = 256,
-    target_acc: tuple[float, float] | None = (0.6, 0.3),
+    target_acc: tuple[float, float] | None = (0.6, 0.4),
     anneal_steps: int = 100,
     eval_every: int = 25,
     n_val: int = 200,
