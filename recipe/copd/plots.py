@@ -98,7 +98,7 @@ def _panel(ax, series: Series, title: str, ylabel: str, phases) -> None:
     ax.set_ylabel(ylabel)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # off the curves and labels
 
 
 def _save(fig: Figure, path: Path) -> Path:
