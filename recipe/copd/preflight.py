@@ -35,10 +35,14 @@ def run_config_from(config: DictConfig) -> RunConfig:
     return RunConfig.from_dict(OmegaConf.to_container(config.copd.get("run") or {}, resolve=True))
 
 
+def bypass_old_log_prob(config: DictConfig) -> bool:
+    """verl's ``algorithm.rollout_correction.bypass_mode``: old_log_probs are the rollout's, no forward pass."""
+    return bool((config.algorithm.get("rollout_correction", None) or {}).get("bypass_mode", False))
+
+
 def check_verl_settings(config: DictConfig) -> None:
     """verl settings that only fail deep inside a step, checked before anything is built (the toy included)."""
-    corr = config.algorithm.get("rollout_correction", None) or {}
-    if corr.get("bypass_mode", False) and not config.actor_rollout_ref.rollout.get("calculate_log_probs", False):
+    if bypass_old_log_prob(config) and not config.actor_rollout_ref.rollout.get("calculate_log_probs", False):
         raise ValueError(
             "algorithm.rollout_correction.bypass_mode=true takes old_log_probs from the rollout's log-probs, which "
             "the rollout returns only with actor_rollout_ref.rollout.calculate_log_probs=true: set it"

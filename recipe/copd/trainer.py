@@ -42,6 +42,7 @@ from recipe.copd.branch import BranchTrainer, PromptStream, branch_config
 from recipe.copd.finish import export_branches, merge_branches
 from recipe.copd.metrics import MetricsSink, ProgressLog, progress_line
 from recipe.copd.minibatch import interleaved_order
+from recipe.copd.preflight import bypass_old_log_prob
 from recipe.copd.rollout import BranchRollout, uid_of_key
 from recipe.copd.run_config import RunConfig
 from recipe.copd.setup import build_branch_components
@@ -99,16 +100,6 @@ class CoPDTrainer(PPOTrainerSync):
 
     def on_step_end(self):
         return
-
-    @property
-    def _bypass_old_log_prob(self) -> bool:
-        """verl's ``algorithm.rollout_correction.bypass_mode``: old_log_probs are the rollout's, no forward pass."""
-        corr = self.config.algorithm.get("rollout_correction", None) or {}
-        return bool(corr.get("bypass_mode", False))
-
-    @property
-    def _rollout_temperature(self) -> float:
-        return float(self.config.actor_rollout_ref.rollout.temperature)
 
     @property
     def trainable(self) -> list[BranchTrainer]:
@@ -291,10 +282,9 @@ class CoPDTrainer(PPOTrainerSync):
         batch = rollout.batch
         if probe:
             batch.extra_info.update({PROBE_KEY: "student", TOPK_KEY: self.copd.overlap_k})
-            if self._bypass_old_log_prob:  # verl will copy the rollout's log-probs: the probe's forward runs here
-                batch.extra_info.update(
-                    {"calculate_entropy": False, "compute_loss": False, "temperature": self._rollout_temperature}
-                )
+            if bypass_old_log_prob(self.config):  # verl copies the rollout's log-probs: the probe's forward runs here
+                temperature = float(self.config.actor_rollout_ref.rollout.temperature)
+                batch.extra_info.update({"calculate_entropy": False, "compute_loss": False, "temperature": temperature})
                 b.actor_rollout_wg.compute_log_prob(batch)  # the student's top-k fields (and log_probs, unused)
         m = {}
         b._compute_old_log_prob(batch, metrics=m)  # verl's own: old_log_probs and entropy (bypass: rollout's)

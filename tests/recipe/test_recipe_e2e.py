@@ -141,6 +141,13 @@ def test_toy_baseline_adds_the_plain_average_row(tmp_path, toy_workdir, tiny_ove
     assert rows and all(r["copd/phase"] == "rl" for r in rows)
 
 
+def _phase_rows(work: Path, tiny: list[str], *overrides: str) -> list[dict]:
+    """Run the recipe in ``work`` (must succeed) and return its per-step metric rows."""
+    proc = _run(work, tiny, *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [r for r in _rows(work / "run" / "metrics.jsonl") if "copd/phase" in r]
+
+
 def test_inline_reward_scores_as_verls_reward_workers(tmp_path, toy_workdir, tiny_overrides):
     """`copd.run.inline_reward` (the CPU default) against verl's per-sample reward workers (the accelerator
     default): with reproducible sampling the same samples get the same rewards."""
@@ -149,9 +156,7 @@ def test_inline_reward_scores_as_verls_reward_workers(tmp_path, toy_workdir, tin
     rewards = {}
     for inline in ("true", "false"):
         work = toy_workdir(tmp_path / f"inline_{inline}")
-        proc = _run(work, tiny_overrides, *steps, f"copd.run.inline_reward={inline}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        row = [r for r in _rows(work / "run" / "metrics.jsonl") if "copd/phase" in r][0]
+        row = _phase_rows(work, tiny_overrides, *steps, f"copd.run.inline_reward={inline}")[0]
         rewards[inline] = {k: v for k, v in row.items() if "reward_native" in k or "critic/score" in k}
     assert rewards["true"] and rewards["true"] == rewards["false"]
 
@@ -166,9 +171,7 @@ def test_bypass_mode_trains_as_the_recomputed_old_log_probs(tmp_path, toy_workdi
     runs = {}
     for bypass in ("false", "true"):
         work = toy_workdir(tmp_path / f"bypass_{bypass}")
-        proc = _run(work, tiny_overrides, *steps, f"algorithm.rollout_correction.bypass_mode={bypass}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = [r for r in _rows(work / "run" / "metrics.jsonl") if "copd/phase" in r]
+        rows = _phase_rows(work, tiny_overrides, *steps, f"algorithm.rollout_correction.bypass_mode={bypass}")
         runs[bypass] = (rows, _weights(work / "run" / "merged"))
     (plain, w_plain), (bypass, w_bypass) = runs["false"], runs["true"]
     assert [r["copd/phase"] for r in bypass] == ["rl", "opd"]
