@@ -205,7 +205,7 @@ def main() -> None:
         tag, _, overrides = variant.partition("=")
         runs[f"K=1 {tag}"] = [*one, *overrides.split(",")]
     if not args.skip_colocate:
-        runs["recipe K=2 colocate"] = two
+        runs["recipe K=2 colocate"] = [*two, "copd.placement=colocate"]
     if not args.skip_split:
         runs["recipe K=2 split"] = [*two, "copd.placement=split", "trainer.n_gpus_per_node=2"]
     results = {"plain": plain_steps(model_dir, train_file, args)}

@@ -17,7 +17,7 @@ from copd import topology
 from copd.advantages import WEIGHTINGS, CoPDAdvantageEstimator
 from copd.schedule import PhaseSchedule, check_schedule
 
-PLACEMENTS = ("colocate", "split")
+PLACEMENTS = ("colocate", "split", "auto")
 MERGE_METHODS = ("average", "weighted", "task_arithmetic", "ties")
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -73,7 +73,8 @@ class CoPDConfig:
     delta_clamp: float | None = None  # clamp delta to [-c, c] before beta; None = no clamp
     weighting: str = "token_mean"  # "token_mean" over native+cross tokens, or "per_batch" (equal sub-batch weight)
     cross_reward: bool = False  # cross rows also get their verifiable reward's GRPO advantage (Alg. 1: no)
-    placement: str = "colocate"  # "colocate" (branches share GPUs) or "split" (one resource pool per branch)
+    placement: str = "colocate"  # "colocate" (branches share GPUs), "split" (one resource pool per branch) or
+    # "auto" (the recipe resolves it before the run: colocate on accelerators, split on CPU)
     merge_method: str = "average"  # "average" (paper), "weighted", "task_arithmetic" or "ties"
     merge_weights: tuple[float, ...] | None = None  # one non-negative weight per branch (sum > 0); None = uniform
     teacher_guard: bool = True  # refuse teacher log-probs that look uniform (a teacher without its weights)

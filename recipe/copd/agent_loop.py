@@ -21,6 +21,7 @@ Registered as ``copd_single_turn`` through ``recipe/copd/config/agent_loops.yaml
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import os
@@ -124,18 +125,26 @@ class _DeferredRows(list):
 
 
 class _PromptBatchedTQ:
-    """verl's ``transfer_queue`` module as ``agent_loop_tq`` uses it, with a prompt's per-sample puts batched.
+    """verl's ``transfer_queue`` module as ``agent_loop_tq`` uses it, with the puts of a worker's prompts batched.
 
-    Stock verl 0.9.1 (``AgentLoopWorkerTQ._agent_loop_postprocess``) builds one TensorDict and makes one
-    ``kv_batch_put`` per sample (n per prompt); the n samples of a prompt become visible to the ReplayBuffer only
-    with the prompt's ``finished`` status, which ``_run_prompt`` puts after every session settled. Here a sample's
-    rows are kept (as dicts) until that terminal status put, then the prompt's rows go in one TensorDict and one
-    ``kv_batch_put`` just before it: the same keys, fields, tags and partition, in the same order relative to the
-    status, with 1 put instead of n (the toy's CPU step: 128 puts -> 16). Outside a prompt (no buffer in context)
-    every call goes straight to TransferQueue."""
+    Stock verl 0.9.1 makes, for every prompt, one status put ("running") when it starts, one ``kv_batch_put`` per
+    sample (``AgentLoopWorkerTQ._agent_loop_postprocess``, n per prompt) and one terminal status put
+    ("finished"/"failure") after every session settled; each put is two TransferQueue round trips (key lookup, then
+    data or tag). The n samples of a prompt become visible to the ReplayBuffer only with its terminal status.
+    Here, inside a prompt (a buffer in context):
+
+    - a sample's rows are kept (as dicts) until the prompt's terminal status;
+    - the status puts and the prompt's rows then go through a group commit (``_GroupCommit``): what arrives while a
+      put is in flight, or in the same event-loop turn, goes to TransferQueue together, the rows of all those
+      prompts in one ``kv_batch_put`` per partition and field set, then their statuses in one more.
+
+    The same keys, fields, tags and partitions, and every prompt's rows before its terminal status; each caller
+    still waits for its own puts. The toy's CPU step: 16 prompts x (2 + 8) puts -> a handful. Outside a prompt (no
+    buffer in context) every call goes straight to TransferQueue."""
 
     def __init__(self, tq, to_tensordict):
         self._tq, self._to_tensordict = tq, to_tensordict
+        self._commit = _GroupCommit(tq, to_tensordict)
 
     def __getattr__(self, name):
         return getattr(self._tq, name)
@@ -156,14 +165,67 @@ class _PromptBatchedTQ:
 
     async def async_kv_put(self, key, partition_id, fields=None, tag=None, **kwargs):
         pending = _PENDING_ROWS.get()
-        if pending and tag is not None and tag.get("status") in ("finished", "failure"):
-            batches = list(pending.items())
+        if pending is None or fields is not None or tag is None or kwargs:
+            return await self._tq.async_kv_put(key=key, partition_id=partition_id, fields=fields, tag=tag, **kwargs)
+        puts = []
+        if tag.get("status") in ("finished", "failure"):
+            puts = [(part, keys, rows, tags) for part, (keys, rows, tags) in pending.items()]
             pending.clear()  # a failing flush must not be retried by the failure path's status put
-            for part, (keys, rows, tags) in batches:
-                await self._tq.async_kv_batch_put(
-                    keys=keys, partition_id=part, fields=self._to_tensordict(rows), tags=tags
-                )
-        return await self._tq.async_kv_put(key=key, partition_id=partition_id, fields=fields, tag=tag, **kwargs)
+        await self._commit.put([*puts, (partition_id, [key], None, [tag])])
+
+
+class _GroupCommit:
+    """TransferQueue puts from many prompts' tasks on one event loop, coalesced (group commit): a put waits for the
+    one in flight, if any, plus one loop turn, and then goes with every other put that arrived meanwhile. Nothing
+    waits on a timer, so a lone put costs one loop turn more than a direct one.
+
+    A put is a list of (partition, keys, rows as dicts or None for a status-only put, tags). One flush writes all
+    its rows first (one ``kv_batch_put`` per partition and field set: rows with other fields, e.g. a multimodal
+    prompt's, are not mixed into one TensorDict), then all its status-only tags (one ``kv_batch_put`` per
+    partition, fields None: a tag update, what ``kv_put`` without fields does). A failed flush fails each of its
+    callers' awaits with the error."""
+
+    def __init__(self, tq, to_tensordict):
+        self._tq, self._to_tensordict = tq, to_tensordict
+        self._queue: list = []
+        self._drainer = None
+
+    async def put(self, puts: list) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((puts, done))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await asyncio.sleep(0)  # the puts of this loop turn join
+            batch, self._queue = self._queue, []
+            try:
+                await self._flush([p for puts, _ in batch for p in puts])
+            except Exception as error:  # noqa: BLE001 - handed to every caller of this flush
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(error)
+                continue
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _flush(self, puts: list) -> None:
+        data, status = {}, {}
+        for part, keys, rows, tags in puts:
+            if rows is None:
+                group = status.setdefault(part, ([], []))
+                group[0].extend(keys), group[1].extend(tags)
+                continue
+            for key, row, tag in zip(keys, rows, tags, strict=True):
+                group = data.setdefault((part, tuple(row)), ([], [], []))
+                group[0].append(key), group[1].append(row), group[2].append(tag)
+        for (part, _), (keys, rows, tags) in data.items():
+            await self._tq.async_kv_batch_put(keys=keys, partition_id=part, fields=self._to_tensordict(rows), tags=tags)
+        for part, (keys, tags) in status.items():
+            await self._tq.async_kv_batch_put(keys=keys, partition_id=part, fields=None, tags=tags)
 
 
 def _open_prompt_buffer():
@@ -212,8 +274,9 @@ def agent_loop_worker_class(inline_reward: bool):
       per-sample state (everything it needs is in ``run``'s arguments; its tokenizer, config and server client are
       the worker's), so one instance serves every sample. Other agent loops (tool agents keep state) are built as
       verl builds them.
-    - a prompt's n samples go to TransferQueue in one put before its terminal status, not one put each
-      (``_PromptBatchedTQ``; 0.6 s of CPU a 128-sample toy step in tensordict building and round trips).
+    - the prompts' TransferQueue puts are batched: a prompt's n samples in one put before its terminal status, and
+      the puts of prompts that finish together in one (``_PromptBatchedTQ``; 0.6 s of CPU a 128-sample toy step in
+      tensordict building and round trips, before the group commit).
     - with ``inline_reward``, rule rewards are scored in this process (``_InlineRewardWorker``) when the worker is
       given reward worker handles (the reward is on)."""
     import ray

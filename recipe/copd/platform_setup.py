@@ -1,5 +1,6 @@
 """The device platform of a run: on a machine without an accelerator, verl_patches' CPU platform and the settings
-a CPU run of verl needs (``verl_patches.cpu_settings``), applied to the composed config."""
+a CPU run of verl needs (``verl_patches.cpu_settings``), applied to the composed config; and ``copd.placement=auto``
+resolved for the platform."""
 
 from __future__ import annotations
 
@@ -16,3 +17,26 @@ def apply_platform(config: DictConfig) -> None:
     with open_dict(config):
         for key, value in verl_patches.cpu_settings(int(config.trainer.n_gpus_per_node)).items():
             OmegaConf.update(config, key, value, force_add=True)
+
+
+def resolve_placement(config: DictConfig, on_cpu: bool) -> str | None:
+    """``copd.placement=auto`` made concrete in ``config``; returns a one-line note of the choice (None when the
+    placement was given).
+
+    On an accelerator: ``colocate`` (the branches share the devices, each branch's rollout servers sleep outside
+    its own rollout). On CPU with K >= 2 branches: ``split`` with ``trainer.n_gpus_per_node`` multiplied by K, so
+    every branch keeps the ranks it would have had colocated, in worker processes of its own: there is no device
+    memory to share, and in their own processes the branches' log-prob passes and updates run at once (colocated
+    workers share one process per rank, whose calls Ray runs one at a time). The toy's 2-branch step: see
+    docs/LOG.md 2026-12-04."""
+    if config.copd.get("placement") != "auto":
+        return None
+    k = len(config.copd.branches)
+    with open_dict(config):
+        if on_cpu and k >= 2:
+            ranks = int(config.trainer.n_gpus_per_node)
+            config.copd.placement = "split"
+            config.trainer.n_gpus_per_node = ranks * k
+            return f"[copd] placement auto -> split on CPU: {k} branches x {ranks} rank(s), each in its own processes"
+        config.copd.placement = "colocate"
+    return None

@@ -114,7 +114,7 @@ def prepare(config: DictConfig) -> Prepared:
     """Validate, build the toy if it is the run (cached), and fill in what the run needs; ``config`` is updated."""
     from recipe.copd.agent_loop import register_agent_loop
     from recipe.copd.checks import check_copd_keys, check_data_and_models
-    from recipe.copd.platform_setup import apply_platform
+    from recipe.copd.platform_setup import apply_platform, resolve_placement
     from recipe.copd.reward import route_rewards
 
     check_copd_keys(OmegaConf.to_container(config.copd, resolve=True))
@@ -126,6 +126,11 @@ def prepare(config: DictConfig) -> Prepared:
         from recipe.copd.toy.prepare import prepare_toy
 
         toy_files = prepare_toy(config, run.toy)
+    import verl_patches
+
+    note = resolve_placement(config, verl_patches.is_cpu())
+    if note:
+        print(note, flush=True)
     copd = copd_config_from(config)
     check_inputs(config, copd)
     check_data_and_models(config, copd)  # opens every data file and model folder

@@ -7,6 +7,8 @@ Placement (``copd.placement``):
   its own rollout (the driver wakes them with fresh weights right before use).
 - ``split``: one resource pool per branch on disjoint devices (``trainer.n_gpus_per_node`` is divided
   evenly among the branches).
+- ``auto`` (the yaml's default): resolved before the run (``platform_setup.resolve_placement``): colocate on
+  accelerators, split on CPU with every branch keeping ``trainer.n_gpus_per_node`` ranks.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def _resource_pools(trainer) -> tuple[ResourcePoolManager, dict[str, object]]:
     """The resource-pool manager and branch name -> resource pool, per ``copd.placement``."""
     cfg = trainer.config.trainer
     names = list(trainer.branches)
+    if trainer.copd.placement not in ("colocate", "split"):  # auto: recipe.copd.platform_setup.resolve_placement
+        raise ValueError(f"copd.placement={trainer.copd.placement!r} was not resolved to colocate or split")
     if trainer.copd.placement == "colocate":
         spec = {"copd_pool": [cfg.n_gpus_per_node] * cfg.nnodes}
         mapping = {name: "copd_pool" for name in names}
