@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from copd.tiny.char_tokenizer import CHARS, SPECIALS, build_char_tokenizer
+from copd.tiny.char_tokenizer import CHARS, ROLES, SPECIALS, build_char_tokenizer
 from copd.tiny.qwen3 import build_tiny_qwen3, save_tiny
 
 
@@ -35,6 +35,25 @@ def test_chat_template_is_qwen_chatml():
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     assert ids[0] == 98 and ids[-1] == 1 and ids.count(99) == 1
+
+
+def test_role_tokens_shorten_the_chat_template_and_keep_every_char(tmp_path):
+    tok = build_char_tokenizer(role_tokens=True)
+    assert len(tok) == len(CHARS) + len(SPECIALS) + len(ROLES) == 104
+    assert [tok.convert_tokens_to_ids(r) for r in ROLES] == [101, 102, 103]  # after the specials: old ids unchanged
+    messages = [{"role": "user", "content": "374*6="}]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    plain = build_char_tokenizer().apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    assert (len(ids), len(plain)) == (14, 25)
+    assert tok.decode(ids) == "<|im_start|>user\n374*6=<|im_end|>\n<|im_start|>assistant\n"
+    text = "".join(CHARS) + " username"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    assert tok.encode("\n", add_special_tokens=False) == [1]
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False) == ids
 
 
 def test_saved_model_and_tokenizer_load_offline(tmp_path):

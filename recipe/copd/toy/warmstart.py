@@ -30,7 +30,7 @@ from recipe.copd.toy.evaluate import chat_prompt_ids, greedy_accuracy, greedy_an
 from recipe.copd.toy.tasks import SKILLS, answer_value, make_problems, operand_pool, warm_problems
 
 MANIFEST = "copd_warmstart.json"
-_WARMSTART_VERSION = 3  # bump when the recipe below changes, so cached folders are rebuilt
+_WARMSTART_VERSION = 4  # bump when the recipe below changes, so cached folders are rebuilt
 IGNORE = -100  # label of tokens without loss (prompt, padding), as in transformers' causal LM loss
 
 
@@ -259,7 +259,7 @@ def warm_start(
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_char_tokenizer(role_tokens=True)  # 14-token prompts instead of 25
     model = build_tiny_qwen3(
         tokenizer,
         hidden_size=hidden_size,
