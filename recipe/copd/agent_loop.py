@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from verl.experimental.agent_loop.agent_loop import register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+from verl.workers.rollout.llm_server import LLMServerClient
 
 NAME = "copd_single_turn"
 #: Tokens verl's M-RoPE reads as media placeholders (Qwen2/2.5/3-VL names); a response ends before the first.
@@ -334,6 +335,37 @@ def agent_loop_worker_class(inline_reward: bool):
                 return await self._agent_loop_postprocess(output, trajectory["validate"], **kwargs)
 
     return ray.remote(CoPDAgentLoopWorkerTQ)
+
+
+class SingleServerClient(LLMServerClient):
+    """verl's ``LLMServerClient`` for a branch whose rollout is one server, routing without the load balancer.
+
+    Per request verl's client makes two Ray calls to the branch's ``GlobalRequestLoadBalancer`` actor besides the
+    generate call: ``acquire_server`` (which returns the server's handle) and a fire-and-forget
+    ``release_server``. With one server every request goes to it whatever the balancer's state (sticky,
+    least-loaded and full-determinism routing all pick it), so this client, given that server at construction
+    through verl's ``LLMServerManager.get_client(client_cls=...)``, skips both calls. Built only for a branch with
+    exactly one replica (``branch_llm_client``); with more, verl's client and balancer route as before."""
+
+    def __init__(self, config, load_balancer_handle=None, *, server_id: str, server_handle, **kwargs):
+        super().__init__(config=config, load_balancer_handle=load_balancer_handle, **kwargs)
+        self._server = (server_id, server_handle)
+
+    async def _acquire_server(self, request_id: str, **extra):
+        return self._server
+
+    def _release_server(self, server_id: str, request_id: str | None = None) -> None:
+        return None
+
+
+def branch_llm_client(llm_server_manager):
+    """The branch's rollout client: ``SingleServerClient`` for one server, else verl's own."""
+    handles, addresses = llm_server_manager.server_handles, llm_server_manager.server_addresses
+    if len(handles) != 1:
+        return llm_server_manager.get_client()
+    return llm_server_manager.get_client(
+        client_cls=SingleServerClient, server_id=addresses[0], server_handle=handles[0]
+    )
 
 
 def inline_reward_enabled(setting, config: DictConfig, on_cpu: bool) -> bool:

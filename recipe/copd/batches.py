@@ -5,8 +5,14 @@ from __future__ import annotations
 import uuid
 from contextlib import contextmanager
 
+import transfer_queue as tq
 from transfer_queue import KVBatchMeta
 from verl.utils.debug import marked_timer
+
+#: The non-tensor fields verl's training workers read (the processor's outputs of a vision-language model, for the
+#: forward and M-RoPE). The others (the dataset's ``raw_prompt``, ``reward_model``, ``extra_info``, ``tools_kwargs``,
+#: the agent loop's ``metrics``, ``extra_fields``, ``uid`` ...: 17 in a toy step) are for the trainer and the reward.
+WORKER_NON_TENSOR_FIELDS = frozenset({"multi_modal_inputs"})
 
 
 def stable_uids(seed: int, branch: str, step: int, part: str, n: int) -> list[str]:
@@ -33,6 +39,32 @@ def sub_batch(batch: KVBatchMeta, keys: list[str]) -> KVBatchMeta:
     keep = set(keys)
     tags = [t for k, t in zip(batch.keys, batch.tags, strict=True) if k in keep]
     return KVBatchMeta(partition_id=batch.partition_id, keys=list(keys), tags=tags, extra_info=dict(batch.extra_info))
+
+
+def worker_field_names(field_schema: dict[str, dict], wanted: list[str] | None = None) -> list[str]:
+    """The fields a worker call fetches, from TransferQueue's field schema of the batch: every tensor field and
+    ``WORKER_NON_TENSOR_FIELDS`` (within ``wanted`` when the batch names its fields)."""
+    names = [n for n, s in field_schema.items() if not s.get("is_non_tensor") or n in WORKER_NON_TENSOR_FIELDS]
+    return names if wanted is None else [n for n in names if n in set(wanted)]
+
+
+@contextmanager
+def worker_fields(batch: KVBatchMeta):
+    """Within the block, ``batch`` names the fields its worker calls need (``worker_field_names``).
+
+    verl's trainer hands workers a ``KVBatchMeta`` without fields, so each worker fetches every field of the rows
+    and packs each non-tensor one into a ``NonTensorStack`` of per-row objects, then moves it to the device: on
+    the toy's CPU step that was a third of a log-prob or update call's CPU time (py-spy, docs/LOG.md 2026-12-06),
+    for fields no worker reads. The tensors and the worker's outputs are the same; only the fetch is narrower.
+    ``batch`` is changed in place (its extra_info is what verl's methods update) and restored on exit."""
+    saved = batch.fields
+    if len(batch):
+        meta = tq.get_client().kv_retrieve_meta(keys=batch.keys, partition_id=batch.partition_id, create=False)
+        batch.fields = worker_field_names(meta.field_schema, saved)
+    try:
+        yield batch
+    finally:
+        batch.fields = saved
 
 
 def masked_mean(values, mask) -> float:

@@ -21,6 +21,7 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.dataset.rl_dataset import collate_fn
 
 from copd.config import BranchConfig
+from recipe.copd.batches import worker_fields
 from recipe.copd.minibatch import cross_fractions
 
 
@@ -111,6 +112,14 @@ class BranchTrainer(PPOTrainerSync):
 
     def on_sample_end(self):
         return
+
+    def _compute_old_log_prob(self, batch, metrics):
+        with worker_fields(batch):  # the worker fetches the fields it reads, not the dataset's metadata
+            return super()._compute_old_log_prob(batch, metrics)
+
+    def _update_actor(self, batch, metrics):
+        with worker_fields(batch):
+            return super()._update_actor(batch, metrics)
 
 
 class PromptStream:

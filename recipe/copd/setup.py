@@ -13,9 +13,11 @@ Placement (``copd.placement``):
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import ray
+from omegaconf import DictConfig, open_dict
 from verl.checkpoint_engine import CheckpointEngineManager
 from verl.experimental.reward_loop import RewardLoopManager
 from verl.single_controller.ray import RayClassWithInitArgs, RayWorkerGroup, ResourcePoolManager
@@ -26,7 +28,7 @@ from verl.workers.rollout.llm_server import LLMServerManager
 from verl.workers.rollout.replica import get_rollout_replica_class
 
 import verl_patches
-from recipe.copd.agent_loop import agent_loop_worker_class, inline_reward_enabled
+from recipe.copd.agent_loop import agent_loop_worker_class, branch_llm_client, inline_reward_enabled
 from recipe.copd.worker import CoPDActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -119,13 +121,26 @@ def build_branch_components(trainer) -> tuple[ResourcePoolManager, RewardLoopMan
         groups[name].init_model()
 
     # one reward loop for every branch: its workers have fixed names, and rewards route by data_source
-    reward_loop = RewardLoopManager(config=trainer.config, rm_resource_pool=None)
+    reward_loop = RewardLoopManager(config=_reward_loop_config(trainer), rm_resource_pool=None)
     for name, branch in trainer.branches.items():
         branch.attach(groups[name], reward_loop, trainer.replay_buffer, pool_manager)
         if not branch.spec.frozen:
             branch.attach_rollout(*_rollout_components(branch, pools[name]))
             logger.info("branch %s: %d rollout replicas", name, len(branch.llm_server_manager.get_replicas()))
     return pool_manager, reward_loop
+
+
+def _reward_loop_config(trainer) -> DictConfig:
+    """The reward loop's config: the trainer's, with no reward worker actors when the agent loops score inline
+    (``copd.run.inline_reward``): they would start, hold memory and never be called. The agent loops still get a
+    handle list (empty, not None: verl reads None as "score after the rollout") that they replace with their own
+    in-process scorer."""
+    if not inline_reward_enabled(trainer.run.inline_reward, trainer.config, verl_patches.is_cpu()):
+        return trainer.config
+    config = copy.deepcopy(trainer.config)
+    with open_dict(config):
+        config.reward.num_workers = 0
+    return config
 
 
 def _rollout_components(branch, pool) -> tuple[LLMServerManager, CheckpointEngineManager]:
@@ -166,7 +181,7 @@ def build_agent_loops(trainer) -> dict:
             continue
         managers[name] = CoPDAgentLoopManagerTQ.create(
             config=branch.config,
-            llm_client=branch.llm_server_manager.get_client(),
+            llm_client=branch_llm_client(branch.llm_server_manager),
             teacher_client=None,
             reward_loop_worker_handles=trainer.reward_loop_manager.reward_loop_worker_handles,
         )

@@ -37,7 +37,15 @@ from copd.advantages import register_copd_adv_est, teacher_looks_uniform
 from copd.config import CoPDConfig
 from copd.schedule import Phase
 from recipe.copd import checkpoint as ckpt
-from recipe.copd.batches import branch_timer, key_order, masked_mean, sampled_sym_kl, stable_uids, sub_batch
+from recipe.copd.batches import (
+    branch_timer,
+    key_order,
+    masked_mean,
+    sampled_sym_kl,
+    stable_uids,
+    sub_batch,
+    worker_fields,
+)
 from recipe.copd.branch import BranchTrainer, PromptStream, branch_config
 from recipe.copd.finish import export_branches, merge_branches
 from recipe.copd.metrics import MetricsSink, ProgressLog, progress_line
@@ -285,7 +293,8 @@ class CoPDTrainer(PPOTrainerSync):
             if bypass_old_log_prob(self.config):  # verl copies the rollout's log-probs: the probe's forward runs here
                 temperature = float(self.config.actor_rollout_ref.rollout.temperature)
                 batch.extra_info.update({"calculate_entropy": False, "compute_loss": False, "temperature": temperature})
-                b.actor_rollout_wg.compute_log_prob(batch)  # the student's top-k fields (and log_probs, unused)
+                with worker_fields(batch):
+                    b.actor_rollout_wg.compute_log_prob(batch)  # the student's top-k fields (log_probs unused)
         m = {}
         b._compute_old_log_prob(batch, metrics=m)  # verl's own: old_log_probs and entropy (bypass: rollout's)
         for key in (PROBE_KEY, TOPK_KEY):
@@ -317,7 +326,8 @@ class CoPDTrainer(PPOTrainerSync):
             sub.extra_info.update({"calculate_entropy": False, "compute_loss": False, "temperature": 1.0})
             if probe:
                 sub.extra_info.update({PROBE_KEY: "teacher", TOPK_KEY: self.copd.overlap_k})
-            self.branches[teacher].actor_rollout_wg.compute_log_prob(sub)
+            with worker_fields(sub):
+                self.branches[teacher].actor_rollout_wg.compute_log_prob(sub)
             fields = ["log_probs"] + (["copd_overlap", "copd_topk_skl"] if probe else [])
             data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
             mask = rollout.mask_rows(rows)
