@@ -45,7 +45,10 @@ def worker_field_names(field_schema: dict[str, dict], wanted: list[str] | None =
     """The fields a worker call fetches, from TransferQueue's field schema of the batch: every tensor field and
     ``WORKER_NON_TENSOR_FIELDS`` (within ``wanted`` when the batch names its fields)."""
     names = [n for n, s in field_schema.items() if not s.get("is_non_tensor") or n in WORKER_NON_TENSOR_FIELDS]
-    return names if wanted is None else [n for n in names if n in set(wanted)]
+    if wanted is None:
+        return names
+    wanted = set(wanted)
+    return [n for n in names if n in wanted]
 
 
 @contextmanager

@@ -130,12 +130,17 @@ def build_branch_components(trainer) -> tuple[ResourcePoolManager, RewardLoopMan
     return pool_manager, reward_loop
 
 
+def _inline_reward(trainer) -> bool:
+    """Whether the agent loops score in their own process (``copd.run.inline_reward`` on this platform)."""
+    return inline_reward_enabled(trainer.run.inline_reward, trainer.config, verl_patches.is_cpu())
+
+
 def _reward_loop_config(trainer) -> DictConfig:
     """The reward loop's config: the trainer's, with no reward worker actors when the agent loops score inline
     (``copd.run.inline_reward``): they would start, hold memory and never be called. The agent loops still get a
     handle list (empty, not None: verl reads None as "score after the rollout") that they replace with their own
     in-process scorer."""
-    if not inline_reward_enabled(trainer.run.inline_reward, trainer.config, verl_patches.is_cpu()):
+    if not _inline_reward(trainer):
         return trainer.config
     config = copy.deepcopy(trainer.config)
     with open_dict(config):
@@ -166,9 +171,7 @@ def build_agent_loops(trainer) -> dict:
     """One verl agent loop manager per trainable branch, all sharing the reward loop workers."""
     from verl.trainer.ppo.v1 import AgentLoopManagerTQ
 
-    worker_class = agent_loop_worker_class(
-        inline_reward_enabled(trainer.run.inline_reward, trainer.config, verl_patches.is_cpu())
-    )
+    worker_class = agent_loop_worker_class(_inline_reward(trainer))
 
     class CoPDAgentLoopManagerTQ(AgentLoopManagerTQ):
         def __init__(self, *args, **kwargs):
