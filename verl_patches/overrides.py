@@ -50,6 +50,7 @@ def worker_env(threads_per_process: int = 1) -> dict[str, str]:
 
 #: Keys of `cpu_settings` that verl's ppo_trainer config does not declare (hydra needs `++` to add them).
 _ADDED_KEYS = (
+    "ray_kwargs.ray_init.include_dashboard",
     "actor_rollout_ref.model.override_config.attn_implementation",
     "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype",
     "actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype",
@@ -71,6 +72,10 @@ def cpu_settings(n_workers: int) -> dict[str, object]:
         "trainer.n_gpus_per_node": n_workers,
         "ray_kwargs.ray_init.num_cpus": max(MIN_LOGICAL_CPUS, POOL_CPUS_PER_RANK * n_workers + HELPER_CPUS),
         "transfer_queue.backend.SimpleStorage.num_data_storage_units": 2,
+        # Ray's dashboard: ~10 processes of its own (head modules, agent) that start with the cluster and poll
+        # while it runs; a CPU run's cores go to the workers instead (`ray_kwargs.ray_init.include_dashboard=true`
+        # on the command line keeps it)
+        "ray_kwargs.ray_init.include_dashboard": False,
         "reward.num_workers": 1,
         "data.dataloader_num_workers": 0,
         # no `datasets` worker pool for the long-prompt filter: datasets forks one for any num_proc >= 1, and a fork

@@ -358,10 +358,15 @@ class SingleServerClient(LLMServerClient):
         return None
 
 
+def single_server(llm_server_manager) -> bool:
+    """Whether the branch's rollout is one server (routed by ``SingleServerClient``, no balancer actor)."""
+    return len(llm_server_manager.server_handles) == 1
+
+
 def branch_llm_client(llm_server_manager):
     """The branch's rollout client: ``SingleServerClient`` for one server, else verl's own."""
     handles, addresses = llm_server_manager.server_handles, llm_server_manager.server_addresses
-    if len(handles) != 1:
+    if not single_server(llm_server_manager):
         return llm_server_manager.get_client()
     return llm_server_manager.get_client(
         client_cls=SingleServerClient, server_id=addresses[0], server_handle=handles[0]

@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Collection
 
 import hydra
 from omegaconf import DictConfig
@@ -33,15 +34,16 @@ def _refuse(line: str) -> None:
     sys.exit(2)
 
 
-def main_with_config(config: DictConfig) -> dict:
+def main_with_config(config: DictConfig, keep: Collection[str] = ()) -> dict:
     """Run CoPD with a composed config; bad input exits 2 with one line before anything expensive starts, a run
-    that fails later exits 1 with one line (the traceback goes to ``copd_error.log`` in the output folder)."""
+    that fails later exits 1 with one line (the traceback goes to ``copd_error.log`` in the output folder).
+    ``keep``: the keys the user set on the command line (the CPU settings do not overwrite them)."""
     from recipe.copd.run_lock import RunLock
     from recipe.copd.runner import RunFailed
 
     t0 = time.time()
     try:
-        prepared = prepare(config)
+        prepared = prepare(config, keep)
         lock = RunLock.acquire(config.trainer.default_local_dir)
     except (ValueError, FileNotFoundError) as err:  # bad input: one actionable line, no traceback
         _refuse(str(err))
@@ -76,7 +78,11 @@ def _fail(config: DictConfig, line: str) -> None:
 
 @hydra.main(config_path="config", config_name="copd_trainer", version_base=None)
 def main(config: DictConfig) -> None:
-    main_with_config(config)
+    from hydra.core.hydra_config import HydraConfig
+
+    from recipe.copd.platform_setup import override_keys
+
+    main_with_config(config, keep=override_keys(HydraConfig.get().overrides.task))
 
 
 def compose_error_line(err: BaseException) -> str:

@@ -1,22 +1,37 @@
 """The device platform of a run: on a machine without an accelerator, verl_patches' CPU platform and the settings
-a CPU run of verl needs (``verl_patches.cpu_settings``), applied to the composed config; and ``copd.placement=auto``
+a CPU run of verl needs (``verl_patches.cpu_settings``), applied to the composed config where the command line did
+not set the key; and ``copd.placement=auto``
 resolved for the platform."""
 
 from __future__ import annotations
+
+from collections.abc import Collection, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import verl_patches
 
 
-def apply_platform(config: DictConfig) -> None:
-    """Apply verl_patches in this process; on CPU also set ``cpu_settings`` for the configured worker count."""
+def apply_platform(config: DictConfig, keep: Collection[str] = ()) -> None:
+    """Apply verl_patches in this process; on CPU also set ``cpu_settings`` for the configured worker count,
+    except the keys in ``keep`` (the user's command-line overrides, ``override_keys``) and the keys below them."""
     verl_patches.apply_all()
     if not verl_patches.is_cpu():
         return
     with open_dict(config):
         for key, value in verl_patches.cpu_settings(int(config.trainer.n_gpus_per_node)).items():
-            OmegaConf.update(config, key, value, force_add=True)
+            if not any(key == k or key.startswith(f"{k}.") for k in keep):
+                OmegaConf.update(config, key, value, force_add=True)
+
+
+def override_keys(overrides: Iterable[str]) -> list[str]:
+    """The config keys of hydra command-line overrides (``a.b=1``, ``+a.b=1``, ``++a.b=1``, ``~a.b``)."""
+    keys = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~").strip()
+        if key:
+            keys.append(key)
+    return keys
 
 
 def resolve_placement(config: DictConfig, on_cpu: bool) -> str | None:

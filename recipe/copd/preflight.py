@@ -5,6 +5,7 @@ one actionable ``ValueError`` line (``recipe.copd.main`` prints it and exits 2).
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -110,8 +111,9 @@ def check_micro_batches(config: DictConfig, copd: CoPDConfig, run) -> None:
                 )
 
 
-def prepare(config: DictConfig) -> Prepared:
-    """Validate, build the toy if it is the run (cached), and fill in what the run needs; ``config`` is updated."""
+def prepare(config: DictConfig, keep: Collection[str] = ()) -> Prepared:
+    """Validate, build the toy if it is the run (cached), and fill in what the run needs; ``config`` is updated.
+    ``keep``: keys the user set on the command line, which the CPU settings leave alone (``apply_platform``)."""
     from recipe.copd.agent_loop import register_agent_loop
     from recipe.copd.checks import check_copd_keys, check_data_and_models
     from recipe.copd.platform_setup import apply_platform, resolve_placement
@@ -135,7 +137,7 @@ def prepare(config: DictConfig) -> Prepared:
     check_inputs(config, copd)
     check_data_and_models(config, copd)  # opens every data file and model folder
     check_micro_batches(config, copd, run)
-    apply_platform(config)  # verl_patches before any verl worker module is imported
+    apply_platform(config, keep)  # verl_patches before any verl worker module is imported
     register_agent_loop(config)
     route_rewards(config, copd)
     with open_dict(config):

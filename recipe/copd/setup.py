@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import ray
 from omegaconf import DictConfig, open_dict
@@ -28,10 +31,12 @@ from verl.workers.rollout.llm_server import LLMServerManager
 from verl.workers.rollout.replica import get_rollout_replica_class
 
 import verl_patches
-from recipe.copd.agent_loop import agent_loop_worker_class, branch_llm_client, inline_reward_enabled
+from recipe.copd.agent_loop import agent_loop_worker_class, branch_llm_client, inline_reward_enabled, single_server
 from recipe.copd.worker import CoPDActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _resource_pools(trainer) -> tuple[ResourcePoolManager, dict[str, object]]:
@@ -90,6 +95,14 @@ class BranchLLMServerManager(LLMServerManager):
         self.rollout_replica_class = replica_class
         super().__init__(*args, **kwargs)
 
+    async def _init_global_load_balancer(self) -> None:
+        """verl's balancer actor, except for one server: the branch then routes with ``SingleServerClient``
+        (``branch_llm_client``), which never calls it, so the actor would only start a process and idle."""
+        if single_server(self):
+            self.global_load_balancer = None
+            return
+        await super()._init_global_load_balancer()
+
 
 def _role(branch, config) -> str:
     if branch.spec.frozen:
@@ -117,17 +130,32 @@ def build_branch_components(trainer) -> tuple[ResourcePoolManager, RewardLoopMan
             device_name=trainer.config.trainer.device,
         )
         groups.update(group.spawn(prefix_set=class_dict.keys()))
-    for name in trainer.branches:
-        groups[name].init_model()
+    at_once = trainer.copd.placement == "split"
+    each_branch(lambda name: groups[name].init_model(), list(trainer.branches), at_once)
 
     # one reward loop for every branch: its workers have fixed names, and rewards route by data_source
     reward_loop = RewardLoopManager(config=_reward_loop_config(trainer), rm_resource_pool=None)
     for name, branch in trainer.branches.items():
         branch.attach(groups[name], reward_loop, trainer.replay_buffer, pool_manager)
-        if not branch.spec.frozen:
-            branch.attach_rollout(*_rollout_components(branch, pools[name]))
-            logger.info("branch %s: %d rollout replicas", name, len(branch.llm_server_manager.get_replicas()))
+    trainable = [b for b in trainer.branches.values() if not b.spec.frozen]
+    components = each_branch(lambda b: _rollout_components(b, pools[b.name]), trainable, at_once)
+    for branch, parts in zip(trainable, components, strict=True):
+        branch.attach_rollout(*parts)
+        logger.info("branch %s: %d rollout replicas", branch.name, len(branch.llm_server_manager.get_replicas()))
     return pool_manager, reward_loop
+
+
+def each_branch(fn: Callable[[T], R], items: list[T], at_once: bool) -> list[R]:
+    """``[fn(x) for x in items]``, in one thread per item when ``at_once``.
+
+    Set-up on disjoint pools (``placement=split``) runs concurrently: each branch's worker processes import,
+    load the model and start their servers side by side instead of in turn. Colocated branches share devices
+    (two inference engines starting at once on one GPU would race for its memory), so they set up in turn.
+    """
+    if not at_once or len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="copd-setup") as pool:
+        return list(pool.map(fn, items))
 
 
 def _inline_reward(trainer) -> bool:
@@ -178,14 +206,14 @@ def build_agent_loops(trainer) -> dict:
             super().__init__(*args, **kwargs)
             self.agent_loop_workers_class = worker_class
 
-    managers = {}
-    for name, branch in trainer.branches.items():
-        if branch.spec.frozen:
-            continue
-        managers[name] = CoPDAgentLoopManagerTQ.create(
+    def create(branch):
+        return CoPDAgentLoopManagerTQ.create(
             config=branch.config,
             llm_client=branch_llm_client(branch.llm_server_manager),
             teacher_client=None,
             reward_loop_worker_handles=trainer.reward_loop_manager.reward_loop_worker_handles,
         )
-    return managers
+
+    trainable = [b for b in trainer.branches.values() if not b.spec.frozen]
+    managers = each_branch(create, trainable, trainer.copd.placement == "split")
+    return {b.name: m for b, m in zip(trainable, managers, strict=True)}

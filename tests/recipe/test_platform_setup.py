@@ -44,3 +44,29 @@ def test_the_embedded_default_asks_for_auto():
 
     base = OmegaConf.load(Path(config_pkg.__file__).parent / "copd_base.yaml")
     assert base.copd.placement == "auto"
+
+
+def test_override_keys_reads_hydras_command_line_forms():
+    from recipe.copd.platform_setup import override_keys
+
+    got = override_keys(["a.b=1", "+c=x=y", "++d.e=[1,2]", "~f.g", "copd.s_rl=3"])
+    assert got == ["a.b", "c", "d.e", "f.g", "copd.s_rl"]
+
+
+def test_cpu_settings_leave_the_users_own_keys_alone(monkeypatch):
+    from recipe.copd import platform_setup
+
+    monkeypatch.setattr(platform_setup.verl_patches, "apply_all", lambda: None)
+    monkeypatch.setattr(platform_setup.verl_patches, "is_cpu", lambda: True)
+    monkeypatch.setattr(
+        platform_setup.verl_patches,
+        "cpu_settings",
+        lambda n: {"transfer_queue.units": 2, "ray_kwargs.ray_init.include_dashboard": False, "trainer.device": "cpu"},
+    )
+    config = OmegaConf.create(
+        {"trainer": {"n_gpus_per_node": 1, "device": "cuda"}, "transfer_queue": {"units": 1},
+         "ray_kwargs": {"ray_init": {"include_dashboard": True}}}
+    )  # fmt: skip
+    platform_setup.apply_platform(config, keep=["transfer_queue.units", "ray_kwargs"])
+    assert config.transfer_queue.units == 1 and config.ray_kwargs.ray_init.include_dashboard is True
+    assert config.trainer.device == "cpu"  # not given by the user: the CPU setting applies

@@ -100,3 +100,23 @@ def test_inline_scoring_starts_no_reward_worker_actors(monkeypatch):
     assert config.reward.num_workers == 1  # the trainer's config is not changed
     monkeypatch.setattr(setup.verl_patches, "is_cpu", lambda: False)  # accelerators: verl's reward workers
     assert setup._reward_loop_config(trainer) is config
+
+
+@pytest.mark.parametrize(("n", "balancer"), [(1, False), (2, True)])
+def test_a_balancer_actor_is_started_only_for_several_servers(monkeypatch, n, balancer):
+    from verl.workers.rollout.llm_server import LLMServerManager
+
+    from recipe.copd.setup import BranchLLMServerManager
+
+    started = []
+
+    async def verls(self):
+        started.append(len(self.server_handles))
+        self.global_load_balancer = "balancer"
+
+    monkeypatch.setattr(LLMServerManager, "_init_global_load_balancer", verls)
+    manager = object.__new__(BranchLLMServerManager)
+    manager.server_handles, manager.server_addresses = _Manager(n).server_handles, _Manager(n).server_addresses
+    asyncio.run(manager._init_global_load_balancer())
+    assert (started == [n]) == balancer
+    assert manager.global_load_balancer == ("balancer" if balancer else None)
