@@ -15,6 +15,7 @@ import uuid
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torchdata.stateful_dataloader import StatefulDataLoader
+from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import tensordict_utils as tu
@@ -78,6 +79,17 @@ class BranchTrainer(PPOTrainerSync):
         if "actor" not in wg._dispatch_info:
             wg._dispatch_info["actor"] = wg._query_dispatch_info("actor")
         return max(wg._dispatch_info["actor"]) + 1
+
+    def _balance_batch(self, batch, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
+        """verl's balance across data-parallel ranks; with one rank only its padding to whole mini-batches.
+
+        With one rank verl's Karmarkar-Karp partition is every row in its original order (a no-op reorder) at
+        the cost of a Python heap pass over the rows on the driver's critical path, twice a step per branch; its
+        balance metrics describe one partition. The padding (``upsample_batch_to_divisible_size``) is kept."""
+        if self.dp_size() > 1:
+            return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
+        multiple = self._get_required_batch_multiple(1)
+        return upsample_batch_to_divisible_size(batch, multiple, self.tokenizer.eos_token_id)
 
     def update(self, batch, n_prompts: int, metrics: dict, cross_B=None):
         """verl's actor update of the combined native + cross rows, with the PPO mini-batch scaled by
