@@ -60,7 +60,8 @@ _ADDED_KEYS = (
 def cpu_settings(n_workers: int) -> dict[str, object]:
     """What a CPU run of verl needs, as {dotted config key: value}: `n_workers` trainer ranks on one node, fp32
     FSDP2 with sdpa attention and no torch.compile, the `hf` rollout with one replica per rank, one agent-loop and
-    one reward worker, two TransferQueue storage units and enough logical Ray CPUs for all of verl's helper actors.
+    one reward worker, two TransferQueue storage units, no Ray dashboard and enough logical Ray CPUs for all of
+    verl's helper actors.
     Task settings (data, model path, batch sizes) stay with the caller. Apply with
     `OmegaConf.update(cfg, key, value, force_add=True)`, or as hydra overrides with `cpu_overrides`.
     """

@@ -1,7 +1,6 @@
 """The device platform of a run: on a machine without an accelerator, verl_patches' CPU platform and the settings
-a CPU run of verl needs (``verl_patches.cpu_settings``), applied to the composed config where the command line did
-not set the key; and ``copd.placement=auto``
-resolved for the platform."""
+a CPU run of verl needs (``verl_patches.cpu_settings``), applied to the composed config except where the command
+line set the key; and ``copd.placement=auto`` resolved for the platform."""
 
 from __future__ import annotations
 
