@@ -116,20 +116,21 @@ def prepare(config: DictConfig, keep: Collection[str] = ()) -> Prepared:
     ``keep``: keys the user set on the command line, which the CPU settings leave alone (``apply_platform``)."""
     from recipe.copd.agent_loop import register_agent_loop
     from recipe.copd.checks import check_copd_keys, check_data_and_models
-    from recipe.copd.platform_setup import apply_platform, resolve_placement
+    from recipe.copd.platform_setup import apply_platform, check_kept_rollout, resolve_placement
     from recipe.copd.reward import route_rewards
 
     check_copd_keys(OmegaConf.to_container(config.copd, resolve=True))
     run = run_config_from(config)
     copd_config_from(config)  # validate the knobs before building anything
     check_verl_settings(config)
+    import verl_patches
+
+    check_kept_rollout(config, keep, verl_patches.is_cpu())  # before the toy's warm start
     toy_files = None
     if run.toy.enable:
         from recipe.copd.toy.prepare import prepare_toy
 
         toy_files = prepare_toy(config, run.toy)
-    import verl_patches
-
     note = resolve_placement(config, verl_patches.is_cpu())
     if note:
         print(note, flush=True)

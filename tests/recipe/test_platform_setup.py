@@ -70,3 +70,16 @@ def test_cpu_settings_leave_the_users_own_keys_alone(monkeypatch):
     platform_setup.apply_platform(config, keep=["transfer_queue.units", "ray_kwargs"])
     assert config.transfer_queue.units == 1 and config.ray_kwargs.ray_init.include_dashboard is True
     assert config.trainer.device == "cpu"  # not given by the user: the CPU setting applies
+
+
+def test_a_kept_gpu_rollout_is_refused_on_cpu(monkeypatch):
+    from recipe.copd import platform_setup
+
+    monkeypatch.setattr(platform_setup.verl_patches, "apply_all", lambda: None)
+    monkeypatch.setattr(platform_setup.verl_patches, "is_cpu", lambda: True)
+    monkeypatch.setattr(platform_setup.verl_patches, "cpu_settings", lambda n: {"actor_rollout_ref.rollout.name": "hf"})
+    config = OmegaConf.create({"trainer": {"n_gpus_per_node": 1}, "actor_rollout_ref": {"rollout": {"name": "vllm"}}})
+    with pytest.raises(ValueError, match="rollout.name=vllm needs an accelerator"):
+        platform_setup.apply_platform(config, keep=["actor_rollout_ref.rollout.name"])
+    platform_setup.apply_platform(config, keep=[])  # not the user's: the CPU setting applies
+    assert config.actor_rollout_ref.rollout.name == "hf"

@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import verl_patches
+
 ROOT = Path(__file__).resolve().parents[2]
 TOY_REWARD = ROOT / "recipe" / "copd" / "toy" / "reward.py"
 
@@ -121,6 +123,17 @@ def test_bad_config_is_one_line(overrides, needle, tmp_path):
     out = tmp_path / "run"
     proc = _main("copd.run.toy.enable=false", f"trainer.default_local_dir={out}", *overrides)
     _assert_refused(proc, needle, out, [])
+
+
+@pytest.mark.skipif(not verl_patches.is_cpu(), reason="on an accelerator vLLM is the rollout")
+def test_a_gpu_rollout_named_on_the_command_line_is_refused_on_cpu(tmp_path):
+    # the CPU settings keep the user's keys; this one cannot run here, so it is refused before the toy's warm start
+    out = tmp_path / "run"
+    workdir = tmp_path / "toy"
+    rollout = "actor_rollout_ref.rollout.name=vllm"
+    proc = _main(f"copd.run.toy.workdir={workdir}", f"trainer.default_local_dir={out}", rollout)
+    _assert_refused(proc, "rollout.name=vllm needs an accelerator", out, [])
+    assert not workdir.exists()  # no data, no warm start
 
 
 # the files a run names are opened and checked before Ray starts: (case, needle)
