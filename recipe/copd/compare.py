@@ -228,9 +228,12 @@ def run_key(spec: dict, overrides: list[str], model: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def train(run: str, seed: int, cfg, seed_dir: Path, key: str) -> dict:
-    """Run one training run, or skip it when its ``compare_run.json`` exists with the same ``key``."""
+def train(run: str, seed: int, cfg, seed_dir: Path, key: str, keep: list[str] | None = None) -> dict:
+    """Run one training run, or skip it when its ``compare_run.json`` exists with the same ``key``. ``keep``: the
+    keys of the user's overrides (after ``--``), which the CPU settings leave alone as in ``recipe.copd.main``."""
     from recipe.copd.main import main_with_config
+
+    run_it = (lambda: main_with_config(cfg, keep)) if keep else (lambda: main_with_config(cfg))
 
     done = seed_dir / run / "compare_run.json"
     if done.exists() and json.loads(done.read_text()).get("key") == key:
@@ -239,13 +242,13 @@ def train(run: str, seed: int, cfg, seed_dir: Path, key: str) -> dict:
     print(f"[compare] seed {seed} {run}: start", flush=True)
     t0 = time.time()
     try:
-        result = main_with_config(cfg)
+        result = run_it()
     except SystemExit as err:  # the run failed (one line printed); a busy machine can time Ray's startup out
         if err.code == 2:  # refused input: a retry would be refused too
             raise
         print(f"[compare] seed {seed} {run}: failed (exit {err.code}); retrying it once", flush=True)
         try:
-            result = main_with_config(cfg)
+            result = run_it()
         except SystemExit:
             print(
                 f"[compare] seed {seed} {run}: failed again; stopping. Rerun the same command to resume "
@@ -366,6 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers.utils import logging as hf_logging
 
     from recipe.copd.compare_report import write_report
+    from recipe.copd.platform_setup import override_keys
     from recipe.copd.preflight import run_config_from
     from recipe.copd.toy.prepare import build_toy_inputs
 
@@ -380,7 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
         records[seed] = {}
         for run in runs:
             cfg = run_config(run, specs[run], overrides, files, model, seed_dir)
-            records[seed][run] = train(run, seed, cfg, seed_dir, run_key(specs[run], overrides, model))
+            key = run_key(specs[run], overrides, model)
+            records[seed][run] = train(run, seed, cfg, seed_dir, key, keep=override_keys(extra))
         evals[seed] = evaluate_seed(args.methods, seed_dir, model, files)
     report = write_report(out, args.methods, evals, records, budgets(total), total, schedule)
     print("\n" + (out / "compare.md").read_text(), flush=True)
