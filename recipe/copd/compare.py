@@ -233,8 +233,6 @@ def train(run: str, seed: int, cfg, seed_dir: Path, key: str, keep: list[str] | 
     keys of the user's overrides (after ``--``), which the CPU settings leave alone as in ``recipe.copd.main``."""
     from recipe.copd.main import main_with_config
 
-    run_it = (lambda: main_with_config(cfg, keep)) if keep else (lambda: main_with_config(cfg))
-
     done = seed_dir / run / "compare_run.json"
     if done.exists() and json.loads(done.read_text()).get("key") == key:
         print(f"[compare] seed {seed} {run}: done before, skipped", flush=True)
@@ -242,13 +240,13 @@ def train(run: str, seed: int, cfg, seed_dir: Path, key: str, keep: list[str] | 
     print(f"[compare] seed {seed} {run}: start", flush=True)
     t0 = time.time()
     try:
-        result = run_it()
+        result = main_with_config(cfg, keep or ())
     except SystemExit as err:  # the run failed (one line printed); a busy machine can time Ray's startup out
         if err.code == 2:  # refused input: a retry would be refused too
             raise
         print(f"[compare] seed {seed} {run}: failed (exit {err.code}); retrying it once", flush=True)
         try:
-            result = run_it()
+            result = main_with_config(cfg, keep or ())
         except SystemExit:
             print(
                 f"[compare] seed {seed} {run}: failed again; stopping. Rerun the same command to resume "

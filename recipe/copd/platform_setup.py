@@ -21,12 +21,11 @@ def apply_platform(config: DictConfig, keep: Collection[str] = ()) -> None:
         for key, value in verl_patches.cpu_settings(int(config.trainer.n_gpus_per_node)).items():
             if not any(key == k or key.startswith(f"{k}.") for k in keep):
                 OmegaConf.update(config, key, value, force_add=True)
-    check_kept_rollout(config, keep, on_cpu=True)
 
 
 def check_kept_rollout(config: DictConfig, keep: Collection[str], on_cpu: bool) -> None:
     """On CPU the rollout is verl_patches' ``hf``; a GPU engine the user named on the command line is refused in one
-    line (called before the toy's warm start, and again after the CPU settings)."""
+    line (``preflight.prepare`` calls it before the toy's warm start)."""
     rollout = OmegaConf.select(config, "actor_rollout_ref.rollout.name", default="hf")
     kept = any(k in ("actor_rollout_ref", "actor_rollout_ref.rollout", "actor_rollout_ref.rollout.name") for k in keep)
     if on_cpu and kept and rollout != "hf":

@@ -87,7 +87,7 @@ def test_a_run_is_reused_only_with_the_same_settings_and_warm_start(tmp_path):
 def _failing(times: int):
     calls = []
 
-    def main_with_config(cfg):
+    def main_with_config(cfg, keep=()):
         calls.append(cfg)
         if len(calls) <= times:
             raise SystemExit(1)

@@ -80,6 +80,8 @@ def test_a_kept_gpu_rollout_is_refused_on_cpu(monkeypatch):
     monkeypatch.setattr(platform_setup.verl_patches, "cpu_settings", lambda n: {"actor_rollout_ref.rollout.name": "hf"})
     config = OmegaConf.create({"trainer": {"n_gpus_per_node": 1}, "actor_rollout_ref": {"rollout": {"name": "vllm"}}})
     with pytest.raises(ValueError, match="rollout.name=vllm needs an accelerator"):
-        platform_setup.apply_platform(config, keep=["actor_rollout_ref.rollout.name"])
-    platform_setup.apply_platform(config, keep=[])  # not the user's: the CPU setting applies
+        platform_setup.check_kept_rollout(config, ["actor_rollout_ref.rollout.name"], on_cpu=True)
+    platform_setup.check_kept_rollout(config, ["actor_rollout_ref.rollout.name"], on_cpu=False)  # a GPU machine
+    platform_setup.check_kept_rollout(config, [], on_cpu=True)  # not the user's: the CPU setting will replace it
+    platform_setup.apply_platform(config, keep=[])
     assert config.actor_rollout_ref.rollout.name == "hf"
