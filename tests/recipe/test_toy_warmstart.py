@@ -16,6 +16,7 @@ from recipe.copd.toy.warmstart import (
     encode_examples,
     lr_at,
     read_manifest,
+    screened_value_accuracy,
     warm_start,
 )
 
@@ -55,6 +56,46 @@ def test_lr_schedule_warmup_then_cosine_to_a_tenth():
     assert lr_at(5, 100, 1.0, warmup=5) == pytest.approx(1.0)  # cosine starts at the peak
     assert lr_at(100, 100, 1.0, warmup=5) == pytest.approx(0.1)  # and ends at lr / 10
     assert lr_at(52, 100, 1.0, warmup=5) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 47 / 95)))
+
+
+def _scored_by_flag(monkeypatch) -> list[int]:
+    """``value_hits`` as each problem's own ``hit`` flag; returns the sizes of the sets it was asked to score."""
+    import recipe.copd.toy.warmstart as ws
+
+    calls: list[int] = []
+
+    def fake_hits(model, tokenizer, problems):
+        calls.append(len(problems))
+        return [p["hit"] for p in problems]
+
+    monkeypatch.setattr(ws, "value_hits", fake_hits)
+    return calls
+
+
+def _val(head_hits: int, tail_hits: int, n: int = 200) -> list[dict]:
+    return [{"hit": i < head_hits} for i in range(50)] + [{"hit": i < tail_hits} for i in range(n - 50)]
+
+
+def test_a_check_far_from_its_target_scores_only_the_first_problems(monkeypatch):
+    calls = _scored_by_flag(monkeypatch)
+    val = {"add": _val(10, 150), "mul": _val(50, 150)}  # add's head 0.2 < 0.6 - 0.2
+    accs, screened = screened_value_accuracy(None, None, val, (0.6, 0.4))
+    assert screened and accs == {"add": 0.2, "mul": 1.0}
+    assert calls == [50, 50]
+
+
+def test_a_check_near_its_target_scores_the_whole_set(monkeypatch):
+    calls = _scored_by_flag(monkeypatch)
+    val = {"add": _val(20, 100), "mul": _val(10, 70)}  # heads 0.4 and 0.2: both at their target - 0.2
+    accs, screened = screened_value_accuracy(None, None, val, (0.6, 0.4))
+    assert not screened and accs == {"add": 0.6, "mul": 0.4}
+    assert sorted(calls) == [50, 50, 150, 150]
+
+
+def test_a_validation_set_no_larger_than_the_screen_is_checked_whole(monkeypatch):
+    _scored_by_flag(monkeypatch)
+    val = {"add": [{"hit": False}] * 4, "mul": [{"hit": True}] * 4}
+    assert screened_value_accuracy(None, None, val, (1.0, 1.0)) == ({"add": 0.0, "mul": 1.0}, False)
 
 
 def test_warm_start_trains_saves_and_loads(warm_dir):
