@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -54,8 +55,52 @@ def sample_seed(base: int, uid: str, session: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+#: Text prompts whose rendered token ids a loop keeps (``CoPDSingleTurnAgentLoop.ct_build_initial_tokens``).
+PROMPT_CACHE_SIZE = 4096
+
+
 @register(NAME)
 class CoPDSingleTurnAgentLoop(SingleTurnAgentLoop):
+    async def ct_build_initial_tokens(self, messages, tools=None, images=None, videos=None, audios=None,
+                                      mm_inputs_out=None) -> list[int]:  # fmt: skip
+        """verl's prompt rendering, once per distinct text prompt: the n samples of a prompt (and a prompt seen
+        again) share one chat-template render and its executor hop instead of n. The ids are verl's, length cap
+        included; prompts with tools or media, or whose render fills ``mm_inputs_out``, are rendered every time."""
+        render = super().ct_build_initial_tokens
+        kwargs = {"tools": tools, "images": images, "videos": videos, "audios": audios}
+        if any(kwargs.values()):
+            return await render(messages, **kwargs, mm_inputs_out=mm_inputs_out)
+        try:
+            key = json.dumps(messages, sort_keys=True)
+        except (TypeError, ValueError):  # not plain JSON (e.g. media objects inline): no cache
+            return await render(messages, **kwargs, mm_inputs_out=mm_inputs_out)
+        cache = self.__dict__.setdefault("_copd_prompt_ids", {})
+        pending = cache.get(key)
+        if pending is None:
+            pending = cache[key] = asyncio.get_running_loop().create_future()
+            try:
+                own: dict = {}
+                ids = await render(messages, **kwargs, mm_inputs_out=own)
+            except BaseException as exc:
+                del cache[key]
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: the waiters (if any) re-raise it
+                raise
+            if mm_inputs_out is not None:
+                mm_inputs_out.update(own)
+            if own:  # the builder produced processor inputs: not a plain text prompt
+                del cache[key]
+                pending.set_result(None)
+                return ids
+            if len(cache) > PROMPT_CACHE_SIZE:
+                cache.pop(next(iter(cache)))  # the oldest
+            pending.set_result(tuple(ids))
+            return list(ids)
+        ids = await pending
+        if ids is None:
+            return await render(messages, **kwargs, mm_inputs_out=mm_inputs_out)
+        return list(ids)
+
     async def run(self, sampling_params: dict[str, Any], **kwargs):
         sampled = float(sampling_params.get("temperature", 1.0) or 0.0) > 0  # greedy needs no seed
         if sampled and getattr(self.rollout_config, "full_determinism", False) and "uid" in kwargs:
