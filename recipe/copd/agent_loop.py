@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from verl.experimental.agent_loop.agent_loop import register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+from verl.protocol import DataProto
 from verl.workers.rollout.llm_server import LLMServerClient
 
 NAME = "copd_single_turn"
@@ -153,7 +154,23 @@ class _InlineRewardWorker:
         from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 
         self.worker = RewardLoopWorker(config, reward_router_address=None)
-        self.compute_score = _Remote(self.worker.compute_score)
+        self.compute_score = _Remote(self._score)
+
+    async def _score(self, data):
+        if type(data) is DataProto and len(data) == 1:
+            data.__class__ = OneRowProto  # verl's reward manager slices data[-1:] of every sample
+        return await self.worker.compute_score(data)
+
+
+class OneRowProto(DataProto):
+    """A one-row ``DataProto`` whose last-row slice (``data[-1:]``, how verl's reward managers take a trajectory's
+    last turn) is itself rather than a copy: the copy rebuilds the TensorDict and re-checks every field, and was
+    most of a rule reward's cost in the agent loop. The rows, arrays and dicts are the same objects a slice holds."""
+
+    def __getitem__(self, item):
+        if isinstance(item, slice) and item == slice(-1, None) and len(self) == 1:
+            return self
+        return super().__getitem__(item)
 
 
 class _Remote:

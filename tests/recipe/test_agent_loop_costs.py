@@ -1,4 +1,5 @@
-"""The copd_single_turn loop renders each distinct text prompt once (``ct_build_initial_tokens``)."""
+"""Per-sample costs the copd_single_turn loop and the inline reward cut: one chat-template render per text prompt
+(``ct_build_initial_tokens``), no copy of a one-row DataProto per score (``OneRowProto``)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,29 @@ def test_the_cache_is_bounded(loop, monkeypatch):
 
     asyncio.run(main())
     assert len(loop._copd_prompt_ids) <= 4
+
+
+def test_a_one_row_protos_last_row_slice_is_itself_and_holds_what_verls_slice_holds():
+    import numpy as np
+    import torch
+    from tensordict import TensorDict
+    from verl.protocol import DataProto
+
+    from recipe.copd.agent_loop import OneRowProto
+
+    def proto(rows):
+        batch = TensorDict({"responses": torch.arange(3 * rows).view(rows, 3)}, batch_size=rows)
+        extra = np.array([{"k": i} for i in range(rows)], dtype=object)
+        return DataProto(batch=batch, non_tensor_batch={"extra_info": extra, "data_source": np.array(["a"] * rows)})
+
+    data = proto(1)
+    plain = data[-1:]
+    data.__class__ = OneRowProto
+    assert data[-1:] is data
+    item, ref = data[-1:][0], plain[0]
+    assert torch.equal(item.batch["responses"], ref.batch["responses"])
+    assert item.non_tensor_batch["extra_info"] is ref.non_tensor_batch["extra_info"]  # the same dict, as verl's
+    two = proto(2)
+    two.__class__ = OneRowProto
+    assert len(two[-1:]) == 1 and two[-1:] is not two  # not one row: verl's slice
+    assert torch.equal(two[-1:].batch["responses"], proto(2)[-1:].batch["responses"])
