@@ -412,12 +412,74 @@ class SingleServerClient(LLMServerClient):
     def __init__(self, config, load_balancer_handle=None, *, server_id: str, server_handle, **kwargs):
         super().__init__(config=config, load_balancer_handle=load_balancer_handle, **kwargs)
         self._server = (server_id, server_handle)
+        self._batched = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_batched": None}  # built in the process that sends (it holds futures)
 
     async def _acquire_server(self, request_id: str, **extra):
-        return self._server
+        if self._batched is None:
+            server_id, handle = self._server
+            self._batched = (server_id, BatchedServer(handle)) if batches_requests(handle) else self._server
+        return self._batched
 
     def _release_server(self, server_id: str, request_id: str | None = None) -> None:
         return None
+
+
+def batches_requests(handle) -> bool:
+    """Whether a rollout server takes several requests in one call (verl_patches' ``hf`` server: ``generate_many``;
+    vLLM and SGLang servers take one per call)."""
+    return hasattr(handle, "generate_many")
+
+
+class _BatchedGenerate:
+    """``generate.remote(**kwargs)`` that sends the requests one event-loop turn brings as one ``generate_many`` call.
+
+    The n samples of a prompt reach the client in the same turn (they wait on one prompt render); verl's client
+    awaits ``server.generate.remote(...)`` per sample, which was one Ray call per sample, each serialised,
+    dispatched and answered on its own. Calls are not held back for each other (several can be in flight), and the
+    server still batches across them (its quiet window)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._waiting: list[tuple[dict, asyncio.Future]] = []
+
+    def remote(self, **kwargs) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._send)
+        self._waiting.append((kwargs, done))
+        return done
+
+    def _send(self) -> None:
+        batch, self._waiting = self._waiting, []
+        asyncio.ensure_future(self._call(batch))
+
+    async def _call(self, batch: list[tuple[dict, asyncio.Future]]) -> None:
+        try:
+            results = await self._handle.generate_many.remote([kwargs for kwargs, _ in batch])
+        except BaseException as error:  # noqa: BLE001 - handed to every waiting request, not swallowed
+            results = [error] * len(batch)
+        for (_, done), result in zip(batch, results, strict=True):
+            if done.done():  # the request was cancelled meanwhile
+                continue
+            if isinstance(result, BaseException):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
+
+
+class BatchedServer:
+    """A server handle whose ``generate`` goes through ``_BatchedGenerate``; every other method is the handle's."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self.generate = _BatchedGenerate(handle)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
 
 
 def single_server(llm_server_manager) -> bool:

@@ -109,3 +109,66 @@ def test_a_one_row_protos_last_row_slice_is_itself_and_holds_what_verls_slice_ho
     two.__class__ = OneRowProto
     assert len(two[-1:]) == 1 and two[-1:] is not two  # not one row: verl's slice
     assert torch.equal(two[-1:].batch["responses"], proto(2)[-1:].batch["responses"])
+
+
+class _FakeServer:
+    """A server handle with ``generate_many.remote`` (what verl_patches' hf server offers)."""
+
+    def __init__(self, fail=False):
+        self.calls, self.fail = [], fail
+        self.generate_many = self
+
+    def remote(self, requests):
+        self.calls.append([r["request_id"] for r in requests])
+
+        async def answer():
+            await asyncio.sleep(0)
+            if self.fail:
+                raise RuntimeError("server gone")
+            return [ValueError("bad") if r["request_id"] == "bad" else f"out-{r['request_id']}" for r in requests]
+
+        return answer()
+
+
+def test_requests_of_one_turn_go_in_one_call_and_each_gets_its_own_result():
+    from recipe.copd.agent_loop import BatchedServer
+
+    server = _FakeServer()
+    batched = BatchedServer(server)
+
+    async def main():
+        first = [batched.generate.remote(request_id=str(i), prompt_ids=[i]) for i in range(8)]
+        await asyncio.sleep(0)
+        later = [batched.generate.remote(request_id=i) for i in ("a", "bad")]
+        return await asyncio.gather(*first, *later, return_exceptions=True)
+
+    out = asyncio.run(main())
+    assert server.calls == [[str(i) for i in range(8)], ["a", "bad"]]
+    assert out[:9] == [f"out-{i}" for i in range(8)] + ["out-a"]
+    assert isinstance(out[9], ValueError)  # only that request fails
+
+
+def test_a_failed_call_fails_each_of_its_requests_and_a_cancelled_one_is_skipped():
+    from recipe.copd.agent_loop import BatchedServer
+
+    batched = BatchedServer(_FakeServer(fail=True))
+
+    async def main():
+        reqs = [batched.generate.remote(request_id=str(i)) for i in range(3)]
+        reqs[0].cancel()
+        return await asyncio.gather(*reqs, return_exceptions=True)
+
+    out = asyncio.run(main())
+    assert isinstance(out[0], asyncio.CancelledError)
+    assert all(isinstance(e, RuntimeError) for e in out[1:])
+
+
+def test_only_servers_with_generate_many_get_batched_and_other_methods_pass_through():
+    from recipe.copd.agent_loop import BatchedServer, batches_requests
+
+    class VllmLike:
+        generate = "one per call"
+        sleep = "sleep"
+
+    assert batches_requests(_FakeServer()) and not batches_requests(VllmLike())
+    assert BatchedServer(VllmLike()).sleep == "sleep"

@@ -304,3 +304,13 @@ def test_video_without_a_processor_says_what_to_set(server):
     frames = torch.zeros(2, 3, 32, 32)
     with pytest.raises(ValueError, match="trust_remote_code"):
         asyncio.run(server.generate(prompt_ids=[5], sampling_params=sampling(), request_id="v", video_data=[frames]))
+
+
+def test_generate_many_answers_each_request_and_returns_a_bad_ones_error(server):
+    prompts = [[98, 87, 85, 10 + i, 99, 1, 98] for i in range(4)]
+    requests = [{"prompt_ids": p, "sampling_params": sampling(), "request_id": str(i)} for i, p in enumerate(prompts)]
+    requests.append({"prompt_ids": prompts[0], "sampling_params": sampling(), "request_id": "x", "audio_data": [1]})
+    outputs = asyncio.run(server.generate_many(requests))
+    assert [o.stop_reason for o in outputs[:4]] == ["completed"] * 4
+    assert server.stats["requests"] == 4 and server.stats["batches"] == 1  # one batch
+    assert isinstance(outputs[4], NotImplementedError)  # audio: refused for that request only

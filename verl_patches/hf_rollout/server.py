@@ -155,6 +155,12 @@ class HFServer:
             self._batcher = asyncio.create_task(self._run_batches())
         return await request.done
 
+    async def generate_many(self, requests: list[dict[str, Any]]) -> list[TokenOutput | BaseException]:
+        """`generate` for several requests in one call (each a dict of `generate`'s keyword arguments), for a client
+        that sends together what arrived together (recipe.copd.agent_loop.SingleServerClient): one Ray call instead
+        of one per request. They join the same batching queue; each result is its TokenOutput or its exception."""
+        return await asyncio.gather(*(self.generate(**request) for request in requests), return_exceptions=True)
+
     def _mm_inputs(self, prompt_ids: list[int], image_data, video_data) -> dict | None:
         """Processor outputs for the request's images and videos, plus the per-token modality ids M-RoPE models
         need (0 text, 1 image, 2 video).
