@@ -444,6 +444,7 @@ class _BatchedGenerate:
     def __init__(self, handle):
         self._handle = handle
         self._waiting: list[tuple[dict, asyncio.Future]] = []
+        self._calls: set[asyncio.Task] = set()  # the loop keeps only weak references to its tasks
 
     def remote(self, **kwargs) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -455,7 +456,9 @@ class _BatchedGenerate:
 
     def _send(self) -> None:
         batch, self._waiting = self._waiting, []
-        asyncio.ensure_future(self._call(batch))
+        call = asyncio.ensure_future(self._call(batch))
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
 
     async def _call(self, batch: list[tuple[dict, asyncio.Future]]) -> None:
         try:
