@@ -261,6 +261,85 @@ def train(run: str, seed: int, cfg, seed_dir: Path, key: str, keep: list[str] | 
     return record
 
 
+def _train_child(run: str, seed: int, cfg, seed_dir: Path, key: str, keep: list[str], log_path: str) -> None:
+    """``train`` in a child process of its own (its own Ray instance), its console in ``log_path``."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1), os.dup2(fd, 2)  # Ray's and the workers' output too, not only Python's
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    train(run, seed, cfg, seed_dir, key, keep)
+
+
+def next_runnable(pending: list[str], done: set[str], all_runs: list[str]) -> str | None:
+    """The first pending run whose inputs are ready: static OPD and MOPD wait for the experts (their frozen teachers)
+    when the experts are among the runs; the others start at once."""
+    for run in pending:
+        if run in NEEDS_EXPERTS and "experts" in all_runs and "experts" not in done:
+            continue
+        return run
+    return None
+
+
+def train_seed(runs: list[str], seed: int, configs: dict, seed_dir: Path, keys: dict, keep: list[str], jobs: int):
+    """Every run of one seed: one after another in this process (``jobs`` 1), or up to ``jobs`` at a time, each in a
+    child process with its own Ray instance and its console in ``<run>/console.log`` (a run reads only the files
+    of the runs it waits for). A run that fails stops the seed once the others running have ended; the runs that
+    finished are kept (a rerun skips them)."""
+    if jobs <= 1:
+        return {run: train(run, seed, configs[run], seed_dir, keys[run], keep) for run in runs}
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no Ray or torch state of this one
+    records, pending, running, failed = {}, list(runs), {}, []
+    for run in runs:  # finished before: no process to start
+        done = seed_dir / run / "compare_run.json"
+        if done.exists() and json.loads(done.read_text()).get("key") == keys[run]:
+            records[run] = train(run, seed, configs[run], seed_dir, keys[run], keep)
+            pending.remove(run)
+    while pending or running:
+        while len(running) < jobs and not failed:
+            run = next_runnable(pending, set(records), runs)
+            if run is None:
+                break
+            pending.remove(run)
+            log = seed_dir / run / "console.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            args = (run, seed, configs[run], seed_dir, keys[run], keep, str(log))
+            running[run] = ctx.Process(target=_train_child, args=args, name=f"compare-{run}")
+            running[run].start()
+            print(f"[compare] seed {seed} {run}: start (console: {log})", flush=True)
+        if not running:
+            break
+        from multiprocessing.connection import wait
+
+        wait([p.sentinel for p in running.values()])
+        for run, proc in list(running.items()):
+            if proc.is_alive():
+                continue
+            proc.join()
+            del running[run]
+            done = seed_dir / run / "compare_run.json"
+            if proc.exitcode == 0 and done.exists():
+                records[run] = json.loads(done.read_text())
+                print(f"[compare] seed {seed} {run}: done in {records[run]['wall_s']:.0f} s", flush=True)
+            else:
+                failed.append((run, proc.exitcode))
+                print(
+                    f"[compare] seed {seed} {run}: failed (exit {proc.exitcode}); its console: "
+                    f"{seed_dir / run / 'console.log'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    if failed:
+        code = 2 if any(c == 2 for _, c in failed) else 1
+        print("[compare] stopping; rerun the same command to resume (finished runs are skipped)", file=sys.stderr)
+        sys.exit(code)
+    return {run: records[run] for run in runs}
+
+
 def models_of(methods: list[str], seed_dir: Path, base_model: str) -> dict[str, dict[str, str]]:
     """method -> {label: HF folder} of the models evaluated for it (``copd_unmerged``: both branches)."""
     hf = lambda run, name: str(seed_dir / run / "hf" / f"branch_{name}")  # noqa: E731
@@ -323,6 +402,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="M", help=f"default all: {' '.join(METHODS)}")
     p.add_argument("--out", default="outputs/compare", help="output folder (default outputs/compare)")
     p.add_argument("--steps", type=int, help="T, CoPD's total steps (default: the config's n_cycles*(s_rl+s_opd))")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="training runs at a time within a seed, each in its own process and Ray instance, its console in "
+        "<run>/console.log (default 1: one after another, consoles on this one); 2 fills the cores that a run's "
+        "chain of calls leaves idle",
+    )
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     unknown = [m for m in args.methods if m not in METHODS]
@@ -330,6 +417,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         p.exit(2, f"copd.compare: error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}\n")
     if args.seeds < 1:
         p.exit(2, f"copd.compare: error: --seeds {args.seeds}: need at least 1 seed\n")
+    if args.jobs < 1:
+        p.exit(2, f"copd.compare: error: --jobs {args.jobs}: need at least 1\n")
     if args.steps is not None and args.steps < 1:
         p.exit(2, f"copd.compare: error: --steps {args.steps}: need at least 1 step\n")
     args.methods = [m for m in METHODS if m in args.methods]  # table order, no repeats
@@ -379,11 +468,9 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         files, model = build_toy_inputs(str(seed_dir / "toy"), toy)
         print(f"[compare] seed {seed} toy task and warm start ready in {time.time() - t0:.0f} s", flush=True)
-        records[seed] = {}
-        for run in runs:
-            cfg = run_config(run, specs[run], overrides, files, model, seed_dir)
-            key = run_key(specs[run], overrides, model)
-            records[seed][run] = train(run, seed, cfg, seed_dir, key, keep=override_keys(extra))
+        configs = {run: run_config(run, specs[run], overrides, files, model, seed_dir) for run in runs}
+        keys = {run: run_key(specs[run], overrides, model) for run in runs}
+        records[seed] = train_seed(runs, seed, configs, seed_dir, keys, override_keys(extra), args.jobs)
         evals[seed] = evaluate_seed(args.methods, seed_dir, model, files)
     report = write_report(out, args.methods, evals, records, budgets(total), total, schedule)
     print("\n" + (out / "compare.md").read_text(), flush=True)

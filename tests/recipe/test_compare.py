@@ -177,12 +177,27 @@ def test_overlap_figure_from_fake_metrics(tmp_path):
     assert plot_overlap(tmp_path / "empty", [0]) is None
 
 
+def test_parallel_runs_wait_for_the_experts_only_where_they_need_them():
+    runs = compare.runs_for(list(compare.METHODS))
+    pending = list(runs)
+    assert compare.next_runnable(pending, set(), runs) == "experts"
+    pending.remove("experts")  # the experts are running: the next run that needs no teacher starts beside them
+    assert compare.next_runnable(pending, set(), runs) == "mixed"
+    pending.remove("mixed")
+    assert compare.next_runnable(pending, set(), runs) == "copd_wo_add_to_mul"
+    assert compare.next_runnable(["mopd", "static_add_to_mul"], set(), runs) is None  # nothing to start yet
+    assert compare.next_runnable(["mopd", "static_add_to_mul"], {"experts"}, runs) == "mopd"
+    # without the experts among the runs (their results given), static OPD is not held back
+    assert compare.next_runnable(["static_add_to_mul"], set(), ["static_add_to_mul"]) == "static_add_to_mul"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--methods", "copd", "nope"], "unknown method(s) nope"),
         (["--seeds", "0"], "need at least 1 seed"),
         (["--steps", "0"], "need at least 1 step"),
+        (["--jobs", "0"], "--jobs 0: need at least 1"),
         (["--", "copd.sr_l=3"], "copd.s_rl"),
     ],
 )
@@ -211,8 +226,15 @@ def test_compare_e2e_smoke(tmp_path, toy_cache, tiny_overrides):
     cmd += ["--methods", *SMOKE_METHODS, "--", *tiny]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    # two runs at a time (the experts and CoPD, then static OPD on the experts), each in its own process and Ray
+    proc = subprocess.run(
+        [*cmd[:3], "--jobs", "2", *cmd[3:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    for run in compare.runs_for(SMOKE_METHODS):  # each run's console in its folder, its steps in it
+        assert "[copd] step 1/" in (out / "seed0" / run / "console.log").read_text(), run
+    starts = [line.split()[3].rstrip(":") for line in proc.stdout.splitlines() if line.endswith(".log)")]
+    assert starts == ["experts", "copd", "static_add_to_mul"], proc.stdout  # static OPD waited for its teacher
     report = json.loads((out / "compare.json").read_text())
     assert list(report["methods"]) == SMOKE_METHODS
     md = (out / "compare.md").read_text()
@@ -222,7 +244,7 @@ def test_compare_e2e_smoke(tmp_path, toy_cache, tiny_overrides):
     assert {o["verdict"] for o in report["orderings"]} <= {HOLDS, FAILS, NOISE} and len(report["orderings"]) == 5
     assert (out / "overlap.png").stat().st_size > 10_000
     assert "| copd > expert_add on add |" in proc.stdout  # the table is printed at the end
-    # a rerun skips every run (their results exist) and only rebuilds the report
+    # a rerun (one run at a time) skips every run (their results exist) and only rebuilds the report
     seconds = time.time() - t0
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
