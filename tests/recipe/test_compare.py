@@ -177,6 +177,14 @@ def test_overlap_figure_from_fake_metrics(tmp_path):
     assert plot_overlap(tmp_path / "empty", [0]) is None
 
 
+def test_a_run_counts_as_finished_only_with_its_own_key(tmp_path):
+    assert compare.finished_record(tmp_path, "copd", "k1") is None  # never ran
+    (tmp_path / "copd").mkdir()
+    (tmp_path / "copd" / "compare_run.json").write_text(json.dumps({"run": "copd", "key": "k1", "wall_s": 3.0}))
+    assert compare.finished_record(tmp_path, "copd", "k1")["wall_s"] == 3.0
+    assert compare.finished_record(tmp_path, "copd", "k2") is None  # other settings or another base model
+
+
 def test_parallel_runs_wait_for_the_experts_only_where_they_need_them():
     runs = compare.runs_for(list(compare.METHODS))
     pending = list(runs)
