@@ -180,3 +180,14 @@ def test_evaluate_models_and_table(warm_dir):
     assert list(results) == ["base", "base again"] and results["base"] == results["base again"]
     assert all(0.0 <= acc <= 1.0 for acc in results["base"].values())
     assert format_table(results).splitlines()[2].startswith("base ")
+
+
+def test_evaluation_scores_do_not_depend_on_its_batch_or_threads(warm_dir):
+    from recipe.copd.toy.evaluate import evaluate_scores
+
+    problems = {"add": make_problems("add", 40, 0, "test"), "mul": make_problems("mul", 40, 0, "test")}
+    before = torch.get_num_threads()
+    small = evaluate_scores({"base": warm_dir}, problems, batch_size=7, threads=1)
+    large = evaluate_scores({"base": warm_dir}, problems, batch_size=512, threads=2)
+    assert small == large and len(large["base"]["add"]) == 40
+    assert torch.get_num_threads() == before  # the evaluation's threads are restored
