@@ -20,7 +20,9 @@ from recipe.copd.toy.warmstart import (
     warm_start,
 )
 
-TINY = dict(steps=20, lr=3e-3, batch_size=16, hidden_size=64, num_layers=2, intermediate_size=128, threads=1)
+TINY = dict(
+    steps=20, lr=3e-3, batch_size=16, hidden_size=64, num_layers=2, intermediate_size=128, processes=1, threads=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +147,37 @@ def test_warm_start_warns_when_it_stops_short_of_its_targets(tmp_path):
     assert sum("warning: stopped before its targets" in line for line in lines) == 1
     warm_start(tmp_path / "w", **kw)  # the cache hit says it again
     assert sum("warning: stopped before its targets" in line for line in lines) == 2
+
+
+def test_data_parallel_processes_train_as_one_process_does(tmp_path):
+    """Two 1-thread children (the default's path) sum the gradients of the whole batch's mean token loss: the same
+    run as one process, up to float rounding, with the same validation checks, stop and saved folder."""
+    kw = dict(target_acc=(0.0, 0.0), eval_every=5, n_val=9, anneal_steps=3, **{**TINY, "steps": 12})
+    alone = read_manifest(warm_start(tmp_path / "one", log=lambda m: None, **kw))
+    lines = []
+    two = read_manifest(warm_start(tmp_path / "two", log=lines.append, **{**kw, "processes": 2}))
+    assert two["hash"] == alone["hash"]  # the same recipe: the cache does not care how it was trained
+    assert two["steps_done"] == alone["steps_done"] == 8 and two["target_reached_at"] == 5
+    assert two["loss_curve"] == pytest.approx(alone["loss_curve"], abs=1e-4)
+    assert two["val_value_accuracy"] == alone["val_value_accuracy"]  # 9 problems split 5 / 4 and summed
+    assert any("2 processes of 1 thread" in line for line in lines)  # rank 0's lines reach the caller's log
+    assert any("targets [0.0, 0.0] reached at step 5" in line for line in lines)
+    one_w = AutoModelForCausalLM.from_pretrained(tmp_path / "one").state_dict()
+    two_w = AutoModelForCausalLM.from_pretrained(tmp_path / "two").state_dict()
+    assert max((one_w[k] - two_w[k]).abs().max().item() for k in one_w) < 1e-4
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "two").config._attn_implementation == "sdpa"
+
+
+def test_a_failed_training_process_raises_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")  # rank 0 cannot save under it
+    with pytest.raises(RuntimeError, match="training process 0 of 2 exited with code 1"):
+        warm_start(tmp_path / "file" / "w", target_acc=None, log=lambda m: None, **{**TINY, "steps": 2, "processes": 2})
+
+
+def test_warm_start_rejects_bad_processes(tmp_path):
+    for bad in (0, True, 17):  # 17 > batch_size 16
+        with pytest.raises(ValueError, match="processes="):
+            warm_start(tmp_path / "w", log=lambda m: None, **{**TINY, "processes": bad})
 
 
 def test_warm_start_rejects_a_bad_anneal(tmp_path):

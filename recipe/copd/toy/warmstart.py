@@ -11,6 +11,14 @@ every skill, which hides what RL learns: docs/LOG.md, 2026-12-03). Addition is l
 0.05 -> 0.7 within 150 steps), so a fixed step count would land on either side of that jump depending on the seed
 and machine; a time budget bounds the whole run on slow machines (it starts the anneal early). Measured (seed 0,
 2 threads, quiet machine): see docs/LOG.md. The result is an HF folder cached by a hash of its arguments.
+
+Its step is compute-bound and two torch threads use a second core badly (batch 64: 97 ms on 2 threads, 121 ms on 1;
+two 1-thread processes at batch 32 each: 67-72 ms, docs/LOG.md 2026-12-07), so by default it trains data-parallel in
+`processes` child processes of one thread each (`python -m recipe.copd.toy.warmstart SPEC RANK`, gloo over a file
+store): every process draws the same full batch and takes its share, the gradient of the batch's summed token loss
+over the whole batch's token count is summed across them (the same gradient as one process on the whole batch, up to
+float rounding), each validation check scores a share of the problems and sums the hits, and rank 0 logs and saves.
+Training attention is eager (-13% a step against SDPA at these sizes); the saved config keeps SDPA.
 """
 
 from __future__ import annotations
@@ -20,18 +28,49 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 
-from recipe.copd.toy.evaluate import chat_prompt_ids, greedy_accuracy, greedy_answers
+from recipe.copd.toy.evaluate import chat_prompt_ids, greedy_answers, greedy_scores, torch_threads
 from recipe.copd.toy.tasks import SKILLS, answer_value, make_problems, operand_pool, warm_problems
 
 MANIFEST = "copd_warmstart.json"
-_WARMSTART_VERSION = 4  # bump when the recipe below changes, so cached folders are rebuilt
+_WARMSTART_VERSION = 5  # bump when the recipe below changes, so cached folders are rebuilt (5: data-parallel, eager)
 IGNORE = -100  # label of tokens without loss (prompt, padding), as in transformers' causal LM loss
+
+
+class Group:
+    """The warm start's data-parallel group as this process sees it: its rank, the world size, sums across ranks.
+
+    ``Group()`` is one process alone (no torch.distributed); a child process of ``warm_start(processes=N)`` has
+    ``Group(rank, N)`` over the default gloo process group.
+    """
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    def share(self, items: list) -> list:
+        """This rank's share of `items` (every world-th item from its rank on)."""
+        return items[self.rank :: self.world]
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed in place over the ranks (unchanged alone)."""
+        if self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+
+SOLO = Group()
 
 
 def encode_examples(tokenizer, problems: list[dict]) -> list[tuple[list[int], int]]:
@@ -90,11 +129,6 @@ def batch_counts(batch_size: int, weights: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def _val_accuracy(model, tokenizer, val: dict[str, list[dict]]) -> dict[str, float]:
-    """Greedy accuracy of the exact answer (value and the skill's format: the reward)."""
-    return {skill: round(greedy_accuracy(model, tokenizer, problems), 4) for skill, problems in val.items()}
-
-
 def value_hits(model, tokenizer, problems: list[dict]) -> list[bool]:
     """Whether each greedy answer has the right value, whatever its style ("2244" and "2244." both count for
     "2244.")."""
@@ -102,13 +136,26 @@ def value_hits(model, tokenizer, problems: list[dict]) -> list[bool]:
     return [answer_value(a) == answer_value(p["answer"]) for a, p in zip(answers, problems, strict=True)]
 
 
-def value_accuracy(model, tokenizer, val: dict[str, list[dict]]) -> dict[str, float]:
+def _hit_counts(score: Callable[[list[dict]], list], val: dict[str, list[dict]], group: Group) -> dict[str, int]:
+    """Per skill, the sum over the group's ranks of `score`'s hits on each rank's share of the skill's problems."""
+    local = []
+    for problems in val.values():
+        mine = group.share(problems)
+        local.append(float(sum(score(mine))) if mine else 0.0)
+    totals = group.sum_(torch.tensor(local, dtype=torch.float64)).tolist()
+    return {skill: round(total) for skill, total in zip(val, totals, strict=True)}
+
+
+def _val_accuracy(model, tokenizer, val: dict[str, list[dict]], group: Group = SOLO) -> dict[str, float]:
+    """Greedy accuracy of the exact answer (value and the skill's format: the reward)."""
+    hits = _hit_counts(lambda problems: greedy_scores(model, tokenizer, problems), val, group)
+    return {skill: round(hits[skill] / len(problems), 4) for skill, problems in val.items()}
+
+
+def value_accuracy(model, tokenizer, val: dict[str, list[dict]], group: Group = SOLO) -> dict[str, float]:
     """Greedy accuracy of the answer's value, whatever its style, per skill."""
-    accs = {}
-    for skill, problems in val.items():
-        hits = value_hits(model, tokenizer, problems)
-        accs[skill] = round(sum(hits) / len(hits), 4)
-    return accs
+    hits = _hit_counts(lambda problems: value_hits(model, tokenizer, problems), val, group)
+    return {skill: round(hits[skill] / len(problems), 4) for skill, problems in val.items()}
 
 
 #: A validation check first scores this many VAL problems per skill, and the rest only when every skill's share
@@ -119,41 +166,77 @@ def value_accuracy(model, tokenizer, val: dict[str, list[dict]]) -> dict[str, fl
 SCREEN_PROBLEMS, SCREEN_MARGIN = 50, 0.2
 
 
-def screened_value_accuracy(model, tokenizer, val: dict[str, list[dict]], targets) -> tuple[dict[str, float], bool]:
+def screened_value_accuracy(
+    model, tokenizer, val: dict[str, list[dict]], targets, group: Group = SOLO
+) -> tuple[dict[str, float], bool]:
     """(value accuracy per skill, whether it is the screen's only): the first ``SCREEN_PROBLEMS`` of each skill,
     completed with the rest of VAL when every skill's screen reached its target minus ``SCREEN_MARGIN``."""
-    head = {skill: value_hits(model, tokenizer, problems[:SCREEN_PROBLEMS]) for skill, problems in val.items()}
-    screen = {skill: sum(h) / len(h) for skill, h in head.items()}
+
+    def score(problems):
+        return value_hits(model, tokenizer, problems)
+
+    head = _hit_counts(score, {skill: problems[:SCREEN_PROBLEMS] for skill, problems in val.items()}, group)
+    screen = {skill: head[skill] / len(problems[:SCREEN_PROBLEMS]) for skill, problems in val.items()}
     partial = any(len(problems) > SCREEN_PROBLEMS for problems in val.values())
     if partial and any(screen[s] < t - SCREEN_MARGIN for s, t in zip(SKILLS, targets, strict=True)):
         return {skill: round(a, 4) for skill, a in screen.items()}, True
-    hits = {
-        skill: head[skill] + value_hits(model, tokenizer, problems[SCREEN_PROBLEMS:]) for skill, problems in val.items()
-    }
-    return {skill: round(sum(h) / len(h), 4) for skill, h in hits.items()}, False
+    tail = _hit_counts(score, {skill: problems[SCREEN_PROBLEMS:] for skill, problems in val.items()}, group)
+    return {skill: round((head[skill] + tail[skill]) / len(problems), 4) for skill, problems in val.items()}, False
 
 
-def _sgd_step(model, optimizer, batch: dict[str, torch.Tensor], lr: float) -> float:
-    """One AdamW step on the answer-token cross-entropy of `batch`; returns the loss."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def _sgd_step(
+    model, optimizer, examples: list[tuple[list[int], int]], pad_id: int, lr: float, group: Group, flag: float
+) -> tuple[float, float]:
+    """One AdamW step on the answer-token cross-entropy of the whole batch `examples`, this rank training on its share;
+    returns (the batch's loss, `flag` summed over the ranks).
+
+    The loss is each rank's summed token cross-entropy over the WHOLE batch's answer-token count, and the gradients are
+    summed across ranks (with `flag` riding along), so every rank steps with the gradient of the whole batch's mean
+    token loss, as one process on the whole batch would.
+    """
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = lr
     model.train()
-    loss = model(**batch).loss
+    n_tokens = sum(len(ids) - n_prompt for ids, n_prompt in examples)
+    batch = collate(group.share(examples), pad_id)
+    logits_B_T_V = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels_B_T = batch["labels"]
+    loss = (
+        F.cross_entropy(
+            logits_B_T_V[:, :-1].reshape(-1, logits_B_T_V.shape[-1]).float(),
+            labels_B_T[:, 1:].reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+        / n_tokens
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    params = list(model.parameters())
+    if group.world > 1:
+        packet = torch.cat([p.grad.reshape(-1) for p in params] + [torch.tensor([loss.item(), flag])])
+        group.sum_(packet)
+        offset = 0
+        for p in params:
+            p.grad.copy_(packet[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+        loss_value, flag = packet[-2].item(), packet[-1].item()
+    else:
+        loss_value = loss.item()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
-    return loss.item()
+    return loss_value, flag
 
 
-def _train(model, tokenizer, args: dict, log: Callable[[str], None]) -> dict:
+def _train(model, tokenizer, args: dict, log: Callable[[str], None], group: Group = SOLO) -> dict:
     """The supervised loop; returns the training record stored in the manifest.
 
     Every `eval_every` steps the greedy accuracy of each skill's answer value on VAL problems is measured (screened:
     `screened_value_accuracy`); once every
     skill reached its `target_acc` (or the time budget is spent) the learning rate decays linearly to 0 over
     `anneal_steps` and the run ends. All skills stay in every batch (a skill left out is forgotten within a few
-    hundred steps).
+    hundred steps). The time budget is rank 0's clock, summed into the next step's gradients so that every rank
+    starts the anneal at the same step.
     """
     seed, targets = args["seed"], args["target_acc"]
     pools = {skill: warm_problems(skill, len(operand_pool(skill, "warm")), seed) for skill in SKILLS}
@@ -164,24 +247,27 @@ def _train(model, tokenizer, args: dict, log: Callable[[str], None]) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.01, betas=(0.9, 0.98))
     start, curve, accs, steps_done = time.monotonic(), [], {}, 0
     anneal_from, reached_at, lr = None, None, args["lr"]  # (step, lr) where the anneal began
+    budget, over_budget = args["time_budget_s"], False
     while steps_done < args["steps"]:
         if anneal_from is not None and steps_done >= anneal_from[0] + args["anneal_steps"]:
             break
-        budget = args["time_budget_s"]
-        if anneal_from is None and budget is not None and time.monotonic() - start > budget:
+        if anneal_from is None and over_budget:
             log(f"[warm start] time budget {budget} s reached after {steps_done} steps: annealing now")
             anneal_from = (steps_done, lr)
         idx = {s: torch.randint(len(examples[s]), (n,), generator=gen).tolist() for s, n in counts.items()}
-        batch = collate([examples[s][i] for s in SKILLS for i in idx[s]], tokenizer.pad_token_id)
+        batch = [examples[s][i] for s in SKILLS for i in idx[s]]
         if anneal_from is None:
             lr = lr_at(steps_done, args["steps"], args["lr"], warmup=max(1, args["steps"] // 20))
         else:  # linear decay to 0 over anneal_steps: the model settles instead of stopping mid-descent
             first, lr0 = anneal_from
             lr = lr0 * (first + args["anneal_steps"] - steps_done) / args["anneal_steps"]
-        curve.append(round(_sgd_step(model, optimizer, batch, lr), 5))
+        late = float(group.rank == 0 and budget is not None and time.monotonic() - start > budget)
+        loss, late = _sgd_step(model, optimizer, batch, tokenizer.pad_token_id, lr, group, late)
+        curve.append(round(loss, 5))
+        over_budget = late > 0
         steps_done += 1
         if targets is not None and anneal_from is None and steps_done % args["eval_every"] == 0:
-            accs, screened = screened_value_accuracy(model, tokenizer, val, targets)
+            accs, screened = screened_value_accuracy(model, tokenizer, val, targets, group)
             took = time.monotonic() - start
             where = f"first {SCREEN_PROBLEMS}" if screened else "val"
             log(f"[warm start] step {steps_done} loss {curve[-1]:.4f} {where} (value) {accs} ({took:.1f} s)")
@@ -196,8 +282,8 @@ def _train(model, tokenizer, args: dict, log: Callable[[str], None]) -> dict:
         "target_reached_at": reached_at,
         "steps_done": steps_done,
         "elapsed_s": elapsed,
-        "val_accuracy": _val_accuracy(model, tokenizer, val),
-        "val_value_accuracy": value_accuracy(model, tokenizer, val),
+        "val_accuracy": _val_accuracy(model, tokenizer, val, group),
+        "val_value_accuracy": value_accuracy(model, tokenizer, val, group),
         "loss_curve": curve,
     }
 
@@ -231,6 +317,7 @@ def warm_start(
     anneal_steps: int = 100,
     eval_every: int = 25,
     n_val: int = 200,
+    processes: int = 2,
     threads: int = 2,
     time_budget_s: float | None = None,
     log: Callable[[str], None] = print,
@@ -248,16 +335,14 @@ def warm_start(
     target_acc: (add, mul) greedy VAL accuracies of the answer value at which the anneal starts; None trains all
     `steps`.
     eval_every: steps between validation checks. n_val: VAL problems per skill per check.
-    threads: torch CPU threads. time_budget_s: start the anneal after this many seconds of training (None: no limit).
-    log: where progress lines go.
+    processes: data-parallel training processes, one torch thread each (see the module's docstring); 1 trains in this
+    process on `threads` torch threads (restored after). time_budget_s: start the anneal after this many seconds of
+    training (None: no limit). log: where progress lines go.
 
-    Cached: when `out_dir` holds a manifest whose argument hash matches, returns at once. `threads` and `log` are left
-    out of the hash (they change speed and output, not the recipe); `time_budget_s` is in it, since it can stop the
-    run early. fp32 throughout (bf16 is far slower on these CPUs).
+    Cached: when `out_dir` holds a manifest whose argument hash matches, returns at once. `processes`, `threads` and
+    `log` are left out of the hash (they change speed, rounding and output, not the recipe); `time_budget_s` is in it,
+    since it can stop the run early. fp32 throughout (bf16 is far slower on these CPUs).
     """
-    from copd.tiny.char_tokenizer import build_char_tokenizer
-    from copd.tiny.qwen3 import build_tiny_qwen3
-
     out_dir = Path(out_dir)
     args = dict(
         steps=steps,
@@ -287,27 +372,128 @@ def warm_start(
     if len(mix) != 2 or min(mix) < 0 or sum(mix) <= 0:
         raise ValueError(f"mix={mix} must be two non-negative weights (add, mul) with a positive sum, e.g. (1, 2)")
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    tokenizer = build_char_tokenizer(role_tokens=True)  # 14-token prompts instead of 25
-    model = build_tiny_qwen3(
-        tokenizer,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=max(1, hidden_size // 32),
-        num_kv_heads=max(1, hidden_size // 64),
-        intermediate_size=intermediate_size,
-        seed=seed,
-    ).float()
-    num_params = sum(p.numel() for p in model.parameters())
-    log(f"[warm start] {num_params / 1e6:.2f}M parameters, {steps} steps, lr {lr}, mix add:mul {mix}")
-    record = _train(model, tokenizer, args, log)
-    _save_atomically(
-        model.eval(), tokenizer, out_dir, {"hash": digest, "args": args, "num_params": num_params, **record}
-    )
+    if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= batch_size:
+        raise ValueError(f"processes={processes!r} must be an integer from 1 to batch_size={batch_size}")
+
+    spec = {"args": args, "digest": digest, "out_dir": str(out_dir)}
+    if processes == 1:
+        with torch_threads(threads):
+            record = _build_and_train(spec, SOLO, log)
+    else:
+        _train_in_processes(spec, processes, log)
+        record = read_manifest(out_dir)
     log(f"[warm start] saved {out_dir} after {record['steps_done']} steps in {record['elapsed_s']} s")
     _warn_if_short(record, target_acc, log)
     return out_dir
+
+
+def _build_and_train(spec: dict, group: Group, log: Callable[[str], None]) -> dict:
+    """Build the tokenizer and model, train them (this rank's part), and on rank 0 save the folder; the record."""
+    from copd.tiny.char_tokenizer import build_char_tokenizer
+    from copd.tiny.qwen3 import build_tiny_qwen3
+
+    args = spec["args"]
+    torch.manual_seed(args["seed"])
+    tokenizer = build_char_tokenizer(role_tokens=True)  # 14-token prompts instead of 25
+    hidden_size = args["hidden_size"]
+    model = build_tiny_qwen3(
+        tokenizer,
+        hidden_size=hidden_size,
+        num_layers=args["num_layers"],
+        num_heads=max(1, hidden_size // 32),
+        num_kv_heads=max(1, hidden_size // 64),
+        intermediate_size=args["intermediate_size"],
+        seed=args["seed"],
+    ).float()
+    if group.world > 1:  # the same seed builds the same weights; rank 0's are the ones, whatever the platform
+        for param in model.parameters():
+            dist.broadcast(param.data, src=0)
+    num_params = sum(p.numel() for p in model.parameters())
+    threads = torch.get_num_threads()
+    where = f"{group.world} processes of 1 thread" if group.world > 1 else f"{threads} thread{'s' * (threads > 1)}"
+    log(
+        f"[warm start] {num_params / 1e6:.2f}M parameters, up to {args['steps']} steps, lr {args['lr']}, "
+        f"mix add:mul {args['mix']}, {where}"
+    )
+    model.set_attn_implementation("eager")  # the faster one for training at these sizes
+    record = _train(model, tokenizer, args, log, group)
+    model.set_attn_implementation("sdpa")  # what verl's workers and the evaluation load
+    if group.rank == 0:
+        manifest = {"hash": spec["digest"], "args": args, "num_params": num_params, **record}
+        _save_atomically(model.eval(), tokenizer, Path(spec["out_dir"]), manifest)
+    return record
+
+
+def _train_in_processes(spec: dict, processes: int, log: Callable[[str], None]) -> None:
+    """Run the training in `processes` children (``python -m recipe.copd.toy.warmstart SPEC RANK``), relaying rank
+    0's lines to `log`; the first child that fails stops the others and raises one line."""
+    root = str(Path(__file__).resolve().parents[3])  # the children import this project as the parent does
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+    }
+    with tempfile.TemporaryDirectory(prefix="copd-warmstart-") as tmp:
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps({**spec, "world": processes, "store": str(Path(tmp) / "store")}))
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-m", "recipe.copd.toy.warmstart", str(spec_path), str(rank)],
+                stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+                text=True,
+                env=env,
+            )
+            for rank in range(processes)
+        ]
+        relay = threading.Thread(target=lambda: [log(line.rstrip("\n")) for line in children[0].stdout], daemon=True)
+        relay.start()
+        try:
+            while any(c.poll() is None for c in children):
+                if any(c.returncode not in (None, 0) for c in children):
+                    break
+                time.sleep(0.1)
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                child.wait()
+            relay.join(timeout=5)
+        failed = [(rank, c.returncode) for rank, c in enumerate(children) if c.returncode != 0]
+        if failed:
+            rank, code = failed[0]
+            raise RuntimeError(
+                f"warm start: training process {rank} of {processes} exited with code {code} (its error is above); "
+                "rerun with processes=1 to train in this process"
+            )
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this child once its parent is gone (killed past its ``finally``, e.g. SIGKILL): no orphan trains on."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _child(spec_path: str, rank: str) -> None:
+    """One training process of ``_train_in_processes``."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the "Writing model shards" bar of save_pretrained
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{spec['store']}",
+        rank=int(rank),
+        world_size=spec["world"],
+        timeout=timedelta(minutes=10),
+    )
+    try:
+        log = (lambda line: print(line, flush=True)) if int(rank) == 0 else (lambda line: None)
+        _build_and_train(spec, Group(int(rank), spec["world"]), log)
+    finally:
+        dist.destroy_process_group()
 
 
 def _warn_if_short(record: dict, target_acc, log) -> None:
@@ -318,3 +504,7 @@ def _warn_if_short(record: dict, target_acc, log) -> None:
             f"{record.get('val_value_accuracy')}): the base is weak and RL gets little signal; on a busy or slow "
             "machine raise copd.run.toy.warm_start_time_s (or warm_start_steps)"
         )
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:])
