@@ -442,6 +442,7 @@ def _train_in_processes(spec: dict, processes: int, log: Callable[[str], None]) 
                 stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
                 text=True,
                 env=env,
+                start_new_session=True,  # Ctrl-C reaches the parent alone, which stops them: one traceback, not three
             )
             for rank in range(processes)
         ]
@@ -462,8 +463,7 @@ def _train_in_processes(spec: dict, processes: int, log: Callable[[str], None]) 
         if failed:
             rank, code = failed[0]
             raise RuntimeError(
-                f"warm start: training process {rank} of {processes} exited with code {code} (its error is above); "
-                "rerun with processes=1 to train in this process"
+                f"warm start: training process {rank} of {processes} exited with code {code}: its error is above"
             )
 
 
