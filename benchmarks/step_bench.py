@@ -41,7 +41,7 @@ def prepare(workdir: str, warm_steps: int) -> tuple[dict, Path]:
     from recipe.copd.toy.warmstart import warm_start
 
     files = build_toy_data(os.path.join(workdir, "data"), n_train=2000, n_val=64, n_test=300)
-    model = warm_start(os.path.join(workdir, "model"), steps=warm_steps, target_acc=None, threads=1)
+    model = warm_start(os.path.join(workdir, "model"), steps=warm_steps, target_acc=None)
     return files, model
 
 

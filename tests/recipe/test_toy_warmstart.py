@@ -165,7 +165,27 @@ def test_data_parallel_processes_train_as_one_process_does(tmp_path):
     one_w = AutoModelForCausalLM.from_pretrained(tmp_path / "one").state_dict()
     two_w = AutoModelForCausalLM.from_pretrained(tmp_path / "two").state_dict()
     assert max((one_w[k] - two_w[k]).abs().max().item() for k in one_w) < 1e-4
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "two").config._attn_implementation == "sdpa"
+    assert "eager" not in (tmp_path / "two" / "config.json").read_text()  # training's attention stays out of it
+
+
+def test_the_ranks_validation_shares_count_every_problem_once():
+    """Each rank scores its share and the hits are summed: over the ranks, every problem is counted exactly once."""
+    import recipe.copd.toy.warmstart as ws
+
+    class LocalRank(ws.Group):  # the sum across ranks done below by hand, without a process group
+        def sum_(self, tensor):
+            return tensor
+
+    val = {"add": [{"hit": i % 3 == 0} for i in range(9)], "mul": [{"hit": i != 2} for i in range(5)]}
+    scored: list[dict] = []
+
+    def score(problems):
+        scored.extend(problems)
+        return [p["hit"] for p in problems]
+
+    ranks = [ws._hit_counts(score, val, LocalRank(rank, 2)) for rank in range(2)]
+    assert {s: ranks[0][s] + ranks[1][s] for s in val} == ws._hit_counts(score, val, ws.SOLO) == {"add": 3, "mul": 4}
+    assert len(scored) == 2 * (9 + 5)  # the two ranks' shares, then the whole sets once
 
 
 def test_a_failed_training_process_raises_one_line(tmp_path):

@@ -18,7 +18,8 @@ two 1-thread processes at batch 32 each: 67-72 ms, docs/LOG.md 2026-12-07), so b
 store): every process draws the same full batch and takes its share, the gradient of the batch's summed token loss
 over the whole batch's token count is summed across them (the same gradient as one process on the whole batch, up to
 float rounding), each validation check scores a share of the problems and sums the hits, and rank 0 logs and saves.
-Training attention is eager (-13% a step against SDPA at these sizes); the saved config keeps SDPA.
+Training attention is eager (-13% a step against SDPA at these sizes); the saved config names no attention, so
+verl's workers and the evaluation load their default (SDPA).
 """
 
 from __future__ import annotations
@@ -415,9 +416,8 @@ def _build_and_train(spec: dict, group: Group, log: Callable[[str], None]) -> di
         f"[warm start] {num_params / 1e6:.2f}M parameters, up to {args['steps']} steps, lr {args['lr']}, "
         f"mix add:mul {args['mix']}, {where}"
     )
-    model.set_attn_implementation("eager")  # the faster one for training at these sizes
+    model.set_attn_implementation("eager")  # the faster one for training at these sizes; not saved in config.json
     record = _train(model, tokenizer, args, log, group)
-    model.set_attn_implementation("sdpa")  # what verl's workers and the evaluation load
     if group.rank == 0:
         manifest = {"hash": spec["digest"], "args": args, "num_params": num_params, **record}
         _save_atomically(model.eval(), tokenizer, Path(spec["out_dir"]), manifest)
@@ -446,7 +446,7 @@ def _train_in_processes(spec: dict, processes: int, log: Callable[[str], None]) 
             )
             for rank in range(processes)
         ]
-        relay = threading.Thread(target=lambda: [log(line.rstrip("\n")) for line in children[0].stdout], daemon=True)
+        relay = threading.Thread(target=_relay, args=(children[0].stdout, log), daemon=True)
         relay.start()
         try:
             while any(c.poll() is None for c in children):
@@ -465,6 +465,12 @@ def _train_in_processes(spec: dict, processes: int, log: Callable[[str], None]) 
             raise RuntimeError(
                 f"warm start: training process {rank} of {processes} exited with code {code}: its error is above"
             )
+
+
+def _relay(stream, log: Callable[[str], None]) -> None:
+    """Each line of `stream` (rank 0's stdout) to `log`, until the child closes it."""
+    for line in stream:
+        log(line.rstrip("\n"))
 
 
 def _exit_with_parent(parent: int) -> None:
